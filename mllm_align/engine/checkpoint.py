@@ -1,0 +1,103 @@
+"""Checkpoint safety: atomic writes and ``weights_only`` loading with an explicit allow-list.
+
+* **Atomic writes.** mmengine writes checkpoints and the ``last_checkpoint`` pointer through its
+  ``local`` file backend. :class:`AtomicLocalBackend` replaces it: bytes go to a temporary file in
+  the same directory, are fsync'ed, then ``os.replace``d over the target, so a run killed
+  mid-write leaves either the old file or the new one, never a torn ``iter_N.pth``.
+* **Safe loading.** torch ≥ 2.6 loads with ``weights_only=True``; mmengine's checkpoints carry its
+  ``HistoryBuffer`` and numpy scalars/arrays in the message hub. We allow-list exactly those
+  classes (:func:`allow_mmengine_checkpoint_globals`) instead of turning the safety off.
+
+Importing :mod:`mllm_align.engine` installs both.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from mmengine.fileio.backends import LocalBackend, register_backend
+from mmengine.logging import HistoryBuffer, print_log
+
+
+def _atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
+    directory = os.path.dirname(os.path.abspath(filepath))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(filepath) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filepath)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend with atomic ``put`` / ``put_text`` (temp file + ``os.replace``)."""
+
+    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
+        _atomic_write(obj, filepath)
+
+    def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
+        _atomic_write(obj.encode(encoding), filepath)
+
+
+def install_atomic_backend() -> None:
+    """Make mmengine's default local backend the atomic one (idempotent)."""
+    register_backend('local', AtomicLocalBackend, force=True)
+    # get_file_backend caches instances; drop stale plain-LocalBackend ones.
+    from mmengine.fileio import io as mm_io
+    for key, inst in list(mm_io.backend_instances.items()):
+        if type(inst) is LocalBackend:
+            del mm_io.backend_instances[key]
+
+
+def allow_mmengine_checkpoint_globals() -> None:
+    """Allow-list the non-tensor classes mmengine stores in checkpoints for ``weights_only`` loads.
+
+    The message hub holds ``HistoryBuffer`` objects whose state is numpy arrays and scalars.
+    """
+    from numpy._core.multiarray import _reconstruct, scalar
+    dtype_classes = [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'bool')]
+    torch.serialization.add_safe_globals([HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar,
+                                          *dtype_classes])
+
+
+def load_checkpoint_file(path: Union[str, Path]) -> dict:
+    """``torch.load`` a checkpoint with ``weights_only=True`` (allow-list installed), naming the file on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'Checkpoint {str(path)!r} does not exist.')
+    allow_mmengine_checkpoint_globals()
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        raise RuntimeError(f'Could not load checkpoint {str(path)!r} with weights_only=True: {exc}. '
+                           'If it is a file from another tool, convert it to a plain state dict.') from exc
+
+
+def load_trained_weights(model: torch.nn.Module, path: Union[str, Path], strict: bool = False) -> list[str]:
+    """Load a trainable-only checkpoint (``iter_N.pth`` or a bare state dict) into ``model``.
+
+    Returns the checkpoint keys the model does not have (also logged). With ``strict`` a key
+    mismatch raises.
+    """
+    ckpt = load_checkpoint_file(path)
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+    result = model.load_state_dict(state, strict=False)
+    unexpected = list(result.unexpected_keys)
+    missing = [k for k in result.missing_keys if k in state or strict]
+    if strict and (unexpected or missing):
+        raise RuntimeError(f'Checkpoint {path} does not match the model: unexpected {unexpected[:10]}, '
+                           f'missing {missing[:10]}.')
+    print_log(f'Loaded {len(state) - len(unexpected)} tensors from {path}'
+              + (f'; {len(unexpected)} unexpected keys ignored, e.g. {unexpected[:3]}' if unexpected else ''),
+              logger='current')
+    return unexpected

@@ -1,0 +1,147 @@
+"""Turning a config plus command-line choices into a ready mmengine Runner.
+
+``tools/train.py`` is a thin wrapper over :func:`prepare_config` and :func:`build_runner`; tests
+call them directly. What happens here:
+
+* unknown top-level keys that look like misspelt runner keys fail at start (mmengine would
+  silently ignore ``train_dataloder``);
+* on machines without CUDA a distributed launch uses gloo: the process group is initialised
+  before the Runner (mmengine's own init calls ``torch.cuda.set_device``) and DDP wraps with
+  ``device_ids=None``;
+* ``--deepspeed deepspeed_zero2|deepspeed_zero3`` switches to mmengine's ``FlexibleRunner`` with a
+  ``DeepSpeedStrategy`` (needs the ``deepspeed`` package and GPUs to run; the config builds anywhere).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import os.path as osp
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config, ConfigDict
+
+RUNNER_KEYS = (
+    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
+    'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler', 'val_evaluator',
+    'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor', 'load_from', 'resume',
+    'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer', 'default_scope', 'randomness',
+    'experiment_name', 'cfg', 'strategy', 'model_wrapper_cfg', 'find_unused_parameters', 'compile',
+    'sync_bn')
+
+DeepSpeedChoice = Literal['deepspeed_zero2', 'deepspeed_zero3']
+
+
+def check_config_keys(cfg: Config) -> None:
+    """Fail on top-level keys that are near-misses of runner keys, and on a missing ``model``.
+
+    PART 1 settings (``llm_name_or_path``, ``max_length``…) are free names; only names within a
+    small edit distance of a runner key (``train_dataloder``, ``optim_wraper``) are rejected.
+    """
+    if 'model' not in cfg:
+        raise KeyError(f'Config {cfg.filename} has no `model`: PART 2 must define model=dict(...).')
+    for key in cfg.keys():
+        if key in RUNNER_KEYS:
+            continue
+        close = difflib.get_close_matches(key, RUNNER_KEYS, n=1, cutoff=0.85)
+        if close:
+            raise KeyError(f'Config {cfg.filename}: unknown key {key!r} — did you mean {close[0]!r}? '
+                           'mmengine would silently ignore it.')
+
+
+def deepspeed_strategy(stage: DeepSpeedChoice, gradient_accumulation_steps: int = 1,
+                       bf16: bool = True) -> dict[str, Any]:
+    """An mmengine ``DeepSpeedStrategy`` config for ZeRO stage 2 or 3 (xtuner's defaults)."""
+    zero_stage = {'deepspeed_zero2': 2, 'deepspeed_zero3': 3}[stage]
+    zero: dict[str, Any] = dict(stage=zero_stage, overlap_comm=True, contiguous_gradients=True)
+    if zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=True)
+    return dict(
+        type='DeepSpeedStrategy',
+        config=dict(
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            train_micro_batch_size_per_gpu='auto', gradient_clipping='auto',
+            zero_optimization=zero,
+            bf16=dict(enabled=bf16), fp16=dict(enabled=not bf16, initial_scale_power=16)),
+        inputs_to_half=None)
+
+
+def _cpu_distributed_setup(cfg: Config) -> None:
+    """gloo on machines without CUDA: init the process group first and keep DDP off any device."""
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.setdefault('env_cfg', ConfigDict())
+    cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
+    cfg.env_cfg.dist_cfg.backend = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(type='MMDistributedDataParallel')
+    wrapper['device_ids'] = None
+    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    cfg.model_wrapper_cfg = wrapper
+
+
+def prepare_config(config: str | Config, work_dir: str | None = None, resume: str | bool | None = None,
+                   cfg_options: dict | None = None, deepspeed: DeepSpeedChoice | None = None,
+                   launcher: str = 'none') -> Config:
+    """Load and complete a training config: work dir, resume, launcher, DeepSpeed.
+
+    Args:
+        config: path of the config file, or a loaded Config.
+        work_dir: output directory; default ``work_dirs/<config name>``.
+        resume: ``None``/False (fresh run), ``'auto'``/True (latest checkpoint in ``work_dir``),
+            or a checkpoint path.
+        cfg_options: ``key=value`` overrides (``--cfg-options``).
+        deepspeed: ZeRO stage for a FlexibleRunner run.
+        launcher: ``'none'``, ``'pytorch'`` (torchrun) or ``'slurm'``.
+    """
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    check_config_keys(cfg)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        name = osp.splitext(osp.basename(cfg.filename or 'config'))[0]
+        cfg.work_dir = osp.join('work_dirs', name)
+    cfg.launcher = launcher
+    if resume in ('auto', True):
+        cfg.resume, cfg.load_from = True, None
+    elif resume:
+        if not osp.isfile(resume):
+            raise FileNotFoundError(f'--resume {resume!r}: no such checkpoint file.')
+        cfg.resume, cfg.load_from = True, resume
+    if launcher != 'none' and not torch.cuda.is_available():
+        _cpu_distributed_setup(cfg)
+    if deepspeed is not None:
+        _to_deepspeed(cfg, deepspeed)
+    return cfg
+
+
+def _to_deepspeed(cfg: Config, stage: DeepSpeedChoice) -> None:
+    import importlib.util
+    if importlib.util.find_spec('deepspeed') is None:
+        raise RuntimeError(f'--deepspeed {stage} needs the deepspeed package: `pip install -e .[gpu]` '
+                           'on the GPU nodes (it does not run on CPU).')
+    optim = cfg.optim_wrapper
+    accumulative = int(optim.get('accumulative_counts', 1))
+    cfg.strategy = deepspeed_strategy(stage, gradient_accumulation_steps=accumulative,
+                                      bf16=optim.get('dtype', 'bfloat16') != 'float16')
+    cfg.optim_wrapper = ConfigDict(type='DeepSpeedOptimWrapper', optimizer=optim.optimizer)
+    cfg.runner_type = 'FlexibleRunner'
+
+
+def build_runner(cfg: Config) -> Any:
+    """Build the mmengine Runner (or FlexibleRunner for DeepSpeed) from a prepared config."""
+    from mmengine.runner import Runner
+
+    import mllm_align.engine  # noqa: F401  (atomic checkpoint backend + safe-load allow-list)
+    if cfg.get('runner_type') == 'FlexibleRunner':
+        from mmengine.runner import FlexibleRunner
+        keys = set(FlexibleRunner.__init__.__code__.co_varnames)
+        kwargs = {k: v for k, v in cfg.items() if k in keys}
+        return FlexibleRunner(**kwargs, cfg=cfg)
+    return Runner.from_cfg(cfg)
+
+
+def local_rank() -> int:
+    return int(os.environ.get('LOCAL_RANK', 0))

@@ -1,0 +1,39 @@
+"""Training loop: epochs expressed as iterations, so mid-epoch resume is exact.
+
+mmengine's ``EpochBasedTrainLoop`` restarts an interrupted epoch from its first batch. LLaVA
+recipes are "1 epoch over 558K samples" with checkpoints every N iterations, so we run an
+``IterBasedTrainLoop`` whose ``max_iters = ceil(max_epochs × len(train_dataloader))``; on resume
+it advances the (deterministic, seeded) dataloader past the consumed batches.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mmengine.registry import LOOPS
+from mmengine.runner import IterBasedTrainLoop
+
+
+@LOOPS.register_module()
+class TrainLoop(IterBasedTrainLoop):
+    """Iteration-based training loop configured by ``max_epochs`` or ``max_iters`` (exactly one).
+
+    Args:
+        runner: the mmengine Runner.
+        dataloader: the train dataloader or its config.
+        max_epochs: number of passes over the data (may be fractional).
+        max_iters: number of optimiser iterations.
+        val_interval, val_begin, dynamic_intervals: as in mmengine's ``IterBasedTrainLoop``.
+    """
+
+    def __init__(self, runner: Any, dataloader: Any, max_epochs: float | None = None,
+                 max_iters: int | None = None, val_begin: int = 1, val_interval: int = 1000,
+                 dynamic_intervals: Any = None) -> None:
+        if (max_epochs is None) == (max_iters is None):
+            raise ValueError('TrainLoop needs exactly one of `max_epochs` and `max_iters` in train_cfg.')
+        if max_epochs is not None:
+            loader = runner.build_dataloader(dataloader, seed=runner.seed) if isinstance(dataloader, dict) else dataloader
+            max_iters = max(1, math.ceil(max_epochs * len(loader)))
+            dataloader = loader
+        super().__init__(runner, dataloader, max_iters=int(max_iters), val_begin=val_begin,
+                         val_interval=val_interval, dynamic_intervals=dynamic_intervals)

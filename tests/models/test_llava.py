@@ -1,0 +1,132 @@
+"""LLaVAModel on tiny random HF models saved with save_pretrained (the real loading path)."""
+import pytest
+import torch
+from transformers import (CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel)
+
+from mllm_align.constants import IGNORE_INDEX as IGN
+from mllm_align.constants import IMAGE_TOKEN_INDEX as IMG
+from mllm_align.models import LLaVAModel, VisionTower, load_llm
+
+
+@pytest.fixture(scope='module')
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('models')
+    torch.manual_seed(0)
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(LlamaConfig(**common)).save_pretrained(root / 'llama')
+    Qwen2ForCausalLM(Qwen2Config(**common)).save_pretrained(root / 'qwen2')
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, image_size=16, patch_size=8)).save_pretrained(root / 'clip')
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, image_size=16, patch_size=8)).save_pretrained(root / 'siglip')
+    return root
+
+
+def _model(model_dirs, llm='llama', tower='clip', **kwargs):
+    return LLaVAModel(llm=dict(type=load_llm, path=str(model_dirs / llm), attn_implementation='eager'),
+                      visual_encoder=dict(type=VisionTower, path=str(model_dirs / tower)), **kwargs)
+
+
+def _batch():
+    torch.manual_seed(1)
+    return dict(input_ids=torch.tensor([[1, IMG, 5, 6, 7], [1, 8, 9, 0, 0]]),
+                attention_mask=torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]).bool(),
+                labels=torch.tensor([[IGN, IGN, IGN, 6, 7], [IGN, IGN, 9, IGN, IGN]]),
+                pixel_values=torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize('llm,tower', [('llama', 'clip'), ('qwen2', 'siglip')])
+def test_loss_equals_manual_cross_entropy(model_dirs, llm, tower):
+    model = _model(model_dirs, llm, tower)
+    data = _batch()
+    losses = model(data, mode='loss')
+    assert set(losses) == {'loss_lm'}
+    # Independent computation: run the LLM on hand-spliced embeddings.
+    emb = model.llm.get_input_embeddings()
+    feats = model.get_image_features(data['pixel_values'])[0]  # (P=4, D)
+    seq0 = torch.cat([emb(torch.tensor([1])), feats, emb(torch.tensor([5, 6, 7]))])
+    logits0 = model.llm(inputs_embeds=seq0[None]).logits[0]
+    logits1 = model.llm(inputs_embeds=emb(torch.tensor([[1, 8, 9]]))).logits[0]
+    # Targets: sample 0 predicts 6 (from pos of 5) and 7; sample 1 predicts 9.
+    n0 = 1 + 4  # index of token 5
+    ce = torch.nn.functional.cross_entropy(
+        torch.stack([logits0[n0], logits0[n0 + 1], logits1[1]]), torch.tensor([6, 7, 9]))
+    torch.testing.assert_close(losses['loss_lm'], ce, rtol=1e-5, atol=1e-5)
+
+
+def test_input_batch_is_not_mutated(model_dirs):
+    model = _model(model_dirs)
+    data = _batch()
+    before = {k: v.clone() for k, v in data.items()}
+    model(data, mode='loss')
+    assert all(torch.equal(before[k], data[k]) for k in data)
+
+
+def test_state_dict_holds_only_trained_parts_and_round_trips(model_dirs):
+    model = _model(model_dirs)
+    sd = model.state_dict()
+    assert sd and all(k.startswith('projector.') for k in sd)
+    other = _model(model_dirs)
+    result = other.load_state_dict(sd, strict=True)  # frozen base keys are not reported missing
+    assert not result.missing_keys and not result.unexpected_keys
+    for k, v in sd.items():
+        assert torch.equal(other.state_dict()[k], v)
+
+
+def test_missing_trainable_key_is_still_reported(model_dirs):
+    model = _model(model_dirs)
+    sd = model.state_dict()
+    sd.pop(next(iter(sd)))
+    with pytest.raises(RuntimeError, match='Missing key'):
+        model.load_state_dict(sd, strict=True)
+
+
+def test_lora_on_llm_trains_only_adapters_and_projector(model_dirs):
+    from peft import LoraConfig
+    model = _model(model_dirs, llm_lora=dict(type=LoraConfig, r=4, lora_alpha=8, lora_dropout=0.0))
+    names = model.trainable_names()
+    assert any('lora_A' in n for n in names) and any(n.startswith('projector.') for n in names)
+    assert all('lora_' in n or n.startswith('projector.') for n in names)
+    loss = model(_batch(), mode='loss')['loss_lm']
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if 'lora_B' in n]
+    assert grads and all(g is not None for g in grads)
+
+
+def test_unfrozen_llm_and_gradient_checkpointing(model_dirs):
+    model = _model(model_dirs, freeze_llm=False, gradient_checkpointing=True)
+    model.train()
+    loss = model(_batch(), mode='loss')['loss_lm']
+    loss.backward()
+    assert model.llm.get_input_embeddings().weight.grad is not None
+    assert any(k.startswith('llm.') for k in model.state_dict())
+
+
+def test_unknown_mode_lists_valid_modes(model_dirs):
+    with pytest.raises(ValueError, match="'loss', 'predict' or 'tensor'"):
+        _model(model_dirs)(_batch(), mode='train')
+
+
+def test_missing_model_directory_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match='llm_name_or_path'):
+        load_llm(str(tmp_path / 'nope'))
+
+
+def test_tensor_mode_returns_logits_over_spliced_sequence(model_dirs):
+    model = _model(model_dirs)
+    logits = model(_batch(), mode='tensor')
+    assert logits.shape == (2, 5 - 1 + 4, 64)
+
+
+def test_vision_tower_prefix_tokens(model_dirs):
+    clip = VisionTower(str(model_dirs / 'clip'))
+    siglip = VisionTower(str(model_dirs / 'siglip'))
+    x = torch.randn(2, 3, 16, 16)
+    assert clip(x).shape == (2, 4, 16) and clip.num_prefix_tokens == 1
+    assert siglip(x).shape == (2, 4, 16) and siglip.num_prefix_tokens == 0
+    assert VisionTower(str(model_dirs / 'clip'), select_feature='cls_patch')(x).shape == (2, 5, 16)
+    with pytest.raises(ValueError, match='out of range'):
+        VisionTower(str(model_dirs / 'clip'), select_layer=7)

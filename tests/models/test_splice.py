@@ -1,0 +1,68 @@
+"""Image-token splicing against a hand-worked example."""
+import pytest
+import torch
+from torch import nn
+
+from mllm_align.constants import IGNORE_INDEX as IGN
+from mllm_align.constants import IMAGE_TOKEN_INDEX as IMG
+from mllm_align.models.splice import splice_image_features
+
+
+class _IdEmbed(nn.Module):
+    """Embeds id i as the 1-D vector [i] so spliced rows can be read back as ids."""
+
+    def forward(self, ids):
+        return ids.float()[..., None]
+
+
+def test_hand_worked_two_samples_right_padding():
+    # Sample 0: [5, IMG, 7, 8] with labels only on 7, 8. Sample 1: text only [9, 10] + 2 pads.
+    input_ids = torch.tensor([[5, IMG, 7, 8], [9, 10, 0, 0]])
+    attention = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    labels = torch.tensor([[IGN, IGN, 7, 8], [IGN, 10, IGN, IGN]])
+    feats = torch.tensor([[[100.], [101.], [102.]]])  # one image, P = 3
+    out = splice_image_features(input_ids, attention, _IdEmbed(), feats, labels=labels, pad_token_id=-1)
+    # Sample 0 becomes 5, f0, f1, f2, 7, 8 (length 6); sample 1 is 9, 10 then 4 pads.
+    assert out.inputs_embeds[..., 0].tolist() == [[5, 100, 101, 102, 7, 8], [9, 10, 0, 0, 0, 0]]
+    assert out.labels.tolist() == [[IGN, IGN, IGN, IGN, 7, 8], [IGN, 10, IGN, IGN, IGN, IGN]]
+    assert out.attention_mask.tolist() == [[True] * 6, [True, True] + [False] * 4]
+    assert out.image_mask.tolist() == [[False, True, True, True, False, False], [False] * 6]
+    assert out.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert out.position_ids[1, :2].tolist() == [0, 1]
+    assert out.input_ids.tolist() == [[5, IMG, IMG, IMG, 7, 8], [9, 10, -1, -1, -1, -1]]
+
+
+def test_left_padding_and_several_images_per_sample():
+    # Sample 0 has two images, sample 1 one image; input has left padding on sample 1.
+    input_ids = torch.tensor([[IMG, 1, IMG, 2], [0, 0, IMG, 3]])
+    attention = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    feats = torch.tensor([[[10.], [11.]], [[20.], [21.]], [[30.], [31.]]])  # N = 3 images, P = 2
+    out = splice_image_features(input_ids, attention, _IdEmbed(), feats, padding_side='left')
+    # Sample 0: 10 11 1 20 21 2 (6); sample 1: 30 31 3 (3) left-padded to 6.
+    assert out.inputs_embeds[..., 0].tolist() == [[10, 11, 1, 20, 21, 2], [0, 0, 0, 30, 31, 3]]
+    assert out.attention_mask[1].tolist() == [False, False, False, True, True, True]
+    assert out.position_ids[1, 3:].tolist() == [0, 1, 2]
+    assert out.image_mask.tolist() == [[True, True, False, True, True, False],
+                                       [False, False, False, True, True, False]]
+    assert out.labels is None
+
+
+def test_text_only_batch_without_features():
+    ids = torch.tensor([[3, 4, 5]])
+    out = splice_image_features(ids, torch.ones_like(ids), _IdEmbed(), None)
+    assert out.inputs_embeds[..., 0].tolist() == [[3, 4, 5]]
+    assert not out.image_mask.any()
+
+
+def test_placeholder_and_feature_count_mismatch_names_both_counts():
+    ids = torch.tensor([[IMG, 1, IMG]])
+    with pytest.raises(ValueError, match='2 image placeholders but 1 image'):
+        splice_image_features(ids, torch.ones_like(ids), _IdEmbed(), torch.zeros(1, 4, 1))
+
+
+def test_gradient_flows_into_image_features():
+    ids = torch.tensor([[1, IMG, 2]])
+    feats = torch.randn(1, 2, 1, requires_grad=True)
+    out = splice_image_features(ids, torch.ones_like(ids), _IdEmbed(), feats)
+    out.inputs_embeds.sum().backward()
+    assert torch.equal(feats.grad, torch.ones_like(feats))
