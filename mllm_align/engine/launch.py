@@ -114,6 +114,10 @@ def prepare_config(config: str | Config, work_dir: str | None = None, resume: st
         _cpu_distributed_setup(cfg)
     if deepspeed is not None:
         _to_deepspeed(cfg, deepspeed)
+    from ..testing.fault_injection import crash_hook_from_env
+    crash = crash_hook_from_env()
+    if crash is not None:
+        cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [crash]
     return cfg
 
 

@@ -39,8 +39,8 @@ visual_encoder_name_or_path = data_root + 'vision/clip'
 data_path = data_root + 'shapes/pretrain.json'
 image_folder = data_root + 'shapes'
 template = 'plain'  # pre-training: image then caption, no chat scaffolding
-max_length = 256  # tokens after splicing (64 image tokens + text)
-num_image_tokens = 64  # (64 / 8) ** 2 patch tokens of the tiny CLIP; CLS dropped
+max_length = 256  # tokens after splicing (16 image tokens + text)
+num_image_tokens = 16  # (32 / 8) ** 2 patch tokens of the tiny CLIP; CLS dropped
 llm_dtype = 'float32'
 attn_implementation = 'sdpa'
 
