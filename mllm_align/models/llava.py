@@ -199,8 +199,11 @@ class LLaVAModel(BaseModel):
         if self.tokenizer is None:
             raise ValueError("mode='predict' needs a tokenizer: pass `tokenizer=` to LLaVAModel.")
         inputs = self.prepare_inputs(data, padding_side='left')
-        gen_cfg = self.llm.generation_config
-        eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else self.tokenizer.eos_token_id
+        if self.template is not None:
+            from ..data.templates import get_template
+            eos = get_template(self.template).stop_token_ids(self.tokenizer)
+        else:
+            eos = self.llm.generation_config.eos_token_id or self.tokenizer.eos_token_id
         out = self.llm.generate(inputs_embeds=inputs.inputs_embeds,
                                 attention_mask=inputs.attention_mask.long(),
                                 max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,

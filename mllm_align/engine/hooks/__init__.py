@@ -1,1 +1,5 @@
+"""Hooks: observers registered in mmengine's HOOKS registry, one per file."""
+from .dataset_info_hook import DatasetInfoHook
+from .evaluate_chat_hook import EvaluateChatHook
 
+__all__ = ['DatasetInfoHook', 'EvaluateChatHook']

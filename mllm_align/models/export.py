@@ -1,0 +1,486 @@
+"""Export a trained :class:`LLaVAModel` as a transformers ``LlavaForConditionalGeneration`` directory.
+
+What maps how::
+
+    mllm_align LLaVAModel                    transformers LlavaForConditionalGeneration
+    ─────────────────────                    ──────────────────────────────────────────
+    llm (LoRA merged)  .get_decoder()    ──► model.language_model      (LlamaModel, Qwen2Model, …)
+                       .lm_head          ──► lm_head
+    visual_encoder.model (LoRA merged)   ──► model.vision_tower        (CLIPVisionModel, SiglipVisionModel, …)
+    projector.0  Linear(C, D)            ──► model.multi_modal_projector.linear_1
+    projector.1  GELU                    ──► projector_hidden_act = 'gelu'
+    projector.2  Linear(D, D)            ──► model.multi_modal_projector.linear_2
+    visual_encoder.select_layer          ──► vision_feature_layer
+    'patch' + 1 prefix token (CLIP CLS)  ──► vision_feature_select_strategy = 'default'  (drop one token)
+    'patch' + 0 prefix (SigLIP), or
+    'cls_patch' (keep every token)       ──► vision_feature_select_strategy = 'full'
+    IMAGE_TOKEN_INDEX placeholder        ──► a real ``<image>`` token (added to the tokenizer if absent),
+                                             repeated ``image_seq_length`` times per image
+
+Only the ``mlp2x_gelu`` projector has a counterpart in HF's ``LlavaMultiModalProjector``
+(Linear → act → Linear); a 'patch' tower with more than one prefix token (DINOv2 with registers)
+has none either, since HF's 'default' strategy drops exactly one token. Both raise a ValueError.
+
+The HF model is built on the meta device and every part is loaded with
+``load_state_dict(strict=True, assign=True)`` into its submodule, so no key name is hand-written
+and a layout mismatch fails loudly. The caller's model is never mutated: a LoRA-wrapped LLM or
+vision tower is deep-copied and merged with peft's ``merge_and_unload`` (peak memory: one extra
+copy of that part); without LoRA the tensors are shared, not copied.
+
+Image preprocessing differs in one way. mllm_align's data pipeline pads each image to a square
+with the image-processor mean before the HF image processor (``pad_image_to_square``, LLaVA-1.5's
+``image_aspect_ratio='pad'``); HF's ``LlavaProcessor`` resizes and centre-crops without padding.
+For identical ``pixel_values`` the two models give the same logits (:func:`compare_logits`); for
+evaluation feed square images (or pad them yourself) to reproduce mllm_align's inputs exactly, or
+accept the small difference on non-square images.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.logging import print_log
+from torch import nn
+
+from ..constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from .builders import resolve_dtype
+from .llava import LLaVAModel, build_module
+
+EXPORT_INFO_NAME = 'mllm_align_export.json'
+_GELU_ACTS = {'none': 'gelu', 'tanh': 'gelu_pytorch_tanh'}
+
+
+# ---------------------------------------------------------------------------------------- building
+def build_model_from_config(config: str | os.PathLike | Any, checkpoint: str | os.PathLike | None = None,
+                            strict: bool = True) -> LLaVAModel:
+    """Build ``cfg.model`` of an mmengine config and load a trained checkpoint into it.
+
+    Args:
+        config: a config file path or a loaded ``mmengine.config.Config``.
+        checkpoint: an ``iter_N.pth`` of this config's run (trainable weights only), or None for
+            the model as the config builds it.
+        strict: fail if the checkpoint lacks a parameter the model trains (the export would carry
+            a random projector or adapter) or holds keys the model does not have (e.g. a LoRA
+            checkpoint exported with a config that sets no ``llm_lora``).
+
+    Returns:
+        The model, in eval mode.
+    """
+    from mmengine.config import Config
+    from mmengine.registry import MODELS
+
+    from ..engine.checkpoint import load_trained_weights
+
+    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
+    if 'model' not in cfg:
+        raise KeyError(f'Config {cfg.filename} has no `model`: PART 2 must define model=dict(...).')
+    model = MODELS.build(cfg.model)
+    if not isinstance(model, LLaVAModel):
+        raise TypeError(f'Config {cfg.filename} builds a {type(model).__name__}; HF export supports '
+                        'mllm_align.models.LLaVAModel only.')
+    if checkpoint is not None:
+        load_trained_weights(model, checkpoint, strict=strict)
+    return model.eval()
+
+
+def image_processor_from_config(config: str | os.PathLike | Any) -> Any:
+    """The image processor a config uses, or None.
+
+    Looked up in order: a top-level ``image_processor`` (xtuner's PART 2 layout), the train
+    dataset's ``image_processor``, then the visual encoder directory when it holds a
+    ``preprocessor_config.json``.
+    """
+    from mmengine.config import Config
+
+    from .builders import load_image_processor
+
+    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
+    candidates = [cfg.get('image_processor'),
+                  ((cfg.get('train_dataloader') or {}).get('dataset') or {}).get('image_processor')]
+    for cand in candidates:
+        if cand is not None:
+            return build_module(cand)
+    vision_path = (cfg.model.get('visual_encoder') or {}).get('path')
+    if vision_path and (Path(vision_path) / 'preprocessor_config.json').is_file():
+        return load_image_processor(str(vision_path))
+    return None
+
+
+# ---------------------------------------------------------------------------------------- export
+def _unwrap_lora(module: nn.Module) -> tuple[nn.Module, bool]:
+    """The plain HF model: a deep copy merged with ``merge_and_unload`` if peft-wrapped, else itself."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft absent: nothing can be wrapped
+        return module, False
+    if isinstance(module, PeftModel):
+        return copy.deepcopy(module).merge_and_unload(), True
+    return module, False
+
+
+def _check_no_extra_parts(model: LLaVAModel) -> None:
+    known = {'llm', 'visual_encoder', 'projector', 'data_preprocessor'}
+    extra = [name for name, child in model.named_children()
+             if name not in known and any(True for _ in child.parameters())]
+    if extra:
+        raise ValueError(f'LLaVAModel has parameters in {extra} that LlavaForConditionalGeneration has no '
+                         'place for; exporting would silently drop them. Export a model without these '
+                         'plug-ins, or keep evaluating it with mllm_align.')
+
+
+def _projector_state(projector: nn.Module) -> tuple[dict[str, torch.Tensor], str, bool]:
+    """Map an ``mlp2x_gelu`` projector onto ``LlavaMultiModalProjector`` (state, act name, bias)."""
+    layers = list(projector.children()) if isinstance(projector, nn.Sequential) else []
+    is_mlp2x = (len(layers) == 3 and isinstance(layers[0], nn.Linear) and isinstance(layers[1], nn.GELU)
+                and isinstance(layers[2], nn.Linear))
+    if not is_mlp2x:
+        desc = ' → '.join(type(m).__name__ for m in layers) or type(projector).__name__
+        raise ValueError(
+            f"Cannot export projector [{desc}]: transformers' LlavaMultiModalProjector is exactly "
+            "Linear(C, D) → GELU → Linear(D, D) (mllm_align's 'mlp2x_gelu'). A 'linear' or "
+            "'mlp{N}x_gelu' (N != 2) projector has no HF Llava counterpart: retrain with "
+            "projector=dict(type='mlp2x_gelu') or use the model through mllm_align.")
+    if (layers[0].bias is None) != (layers[2].bias is None):
+        raise ValueError('Cannot export a projector with a bias on one Linear only: HF Llava has a single '
+                         '`multimodal_projector_bias` switch.')
+    act = _GELU_ACTS[layers[1].approximate]
+    state = {f'linear_1.{k}': v for k, v in layers[0].state_dict().items()}
+    state.update({f'linear_2.{k}': v for k, v in layers[2].state_dict().items()})
+    return state, act, layers[0].bias is not None
+
+
+def vision_feature_select_strategy(select_feature: str, num_prefix_tokens: int, tower_name: str = '') -> str:
+    """HF's ``vision_feature_select_strategy`` that reproduces a VisionTower's feature selection.
+
+    'default' drops exactly the first token; 'full' keeps all tokens.
+
+    Raises:
+        ValueError: 'patch' with more than one prefix token (e.g. DINOv2 with registers).
+    """
+    if select_feature == 'cls_patch' or num_prefix_tokens == 0:
+        return 'full'
+    if num_prefix_tokens == 1:
+        return 'default'
+    raise ValueError(
+        f"Cannot export vision tower {tower_name or ''} with select_feature='patch' and {num_prefix_tokens} "
+        "prefix tokens (CLS + registers): HF Llava's 'default' strategy drops exactly one token and "
+        "'full' keeps them all. Train with select_feature='cls_patch' (exports as 'full') or a tower "
+        'without register tokens.')
+
+
+def _check_auto_class(module: nn.Module, config: Any, what: str) -> None:
+    """LlavaModel builds its parts with ``AutoModel.from_config``: the class must match ours."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+    model_type = getattr(config, 'model_type', None)
+    expected = MODEL_MAPPING_NAMES.get(model_type)
+    if expected != type(module).__name__:
+        raise ValueError(
+            f'Cannot export the {what} {type(module).__name__} (model_type={model_type!r}): '
+            f'LlavaForConditionalGeneration builds its {what} with AutoModel.from_config, which gives '
+            f'{expected or "no built-in class"}. Supported: LLMs whose base model AutoModel builds '
+            '(LLaMA, Qwen2, Mistral, …) and CLIP/SigLIP/DINOv2 vision towers without remote code.')
+
+
+def _tokenizer_with_image_token(tokenizer: Any, image_token: str) -> tuple[Any, int, bool]:
+    """A copy of ``tokenizer`` that has ``image_token`` as one special token; returns (tok, id, added)."""
+    from tokenizers import AddedToken
+    tokenizer = copy.deepcopy(tokenizer)
+    added = image_token not in tokenizer.get_vocab()
+    if added:
+        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+    ids = tokenizer.encode(image_token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f'Tokenizer splits {image_token!r} into {len(ids)} tokens {ids}; it must be one '
+                         'special token for HF Llava. Pass a tokenizer where it is, or another `image_token`.')
+    return tokenizer, ids[0], added
+
+
+def _check_image_processor(image_processor: Any, image_size: int) -> None:
+    import numpy as np
+    from PIL import Image
+    probe = Image.fromarray(np.zeros((image_size * 2, image_size + 3, 3), dtype=np.uint8))
+    shape = tuple(image_processor(images=probe, return_tensors='pt')['pixel_values'].shape[-2:])
+    if shape != (image_size, image_size):
+        raise ValueError(f'The image processor {type(image_processor).__name__} outputs {shape[0]}×{shape[1]} '
+                         f'images but the vision tower takes {image_size}×{image_size}: the exported '
+                         "processor would expand <image> to the wrong count. Pass the tower's own image "
+                         'processor.')
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f'Output path {str(out_dir)!r} exists and is not a directory.')
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f'Output directory {str(out_dir)!r} is not empty: choose a new directory or '
+                                  'pass overwrite=True (--overwrite) to replace a previous export.')
+        if not (out_dir / EXPORT_INFO_NAME).is_file():
+            raise FileExistsError(f'Refusing to overwrite {str(out_dir)!r}: it is not empty and holds no '
+                                  f'{EXPORT_INFO_NAME}, so it is not a previous export. Remove it yourself or '
+                                  'choose another directory.')
+
+
+def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_processor: Any = None,
+                       tokenizer: Any = None, overwrite: bool = False, dtype: str | torch.dtype | None = None,
+                       image_token: str = DEFAULT_IMAGE_TOKEN, source_config: str | None = None,
+                       source_checkpoint: str | None = None, max_shard_size: str = '5GB') -> Path:
+    """Write ``model`` as a transformers ``LlavaForConditionalGeneration`` directory.
+
+    The directory holds ``config.json``, safetensors weights, ``generation_config.json`` (the LLM's),
+    the tokenizer (with ``<image>`` added if it was absent), the image processor and a
+    ``LlavaProcessor`` config when both are available, and :data:`EXPORT_INFO_NAME` recording the
+    source and the choices made. See the module docstring for the mapping and for the
+    pad-to-square difference in preprocessing.
+
+    The image token: if the tokenizer lacks ``image_token`` it is added (to a copy) as a special
+    token; when its id is outside the LLM vocabulary the embedding and LM-head matrices grow
+    (``resize_token_embeddings``) and the new rows are set to the mean of the old rows
+    (deterministic; the embedding row is never read, image features replace it). Without any
+    tokenizer the id is the next free row (``vocab_size``) and no tokenizer is saved.
+
+    Args:
+        model: the model to export; not modified (LoRA parts are merged on a copy).
+        out_dir: the output directory; created. Written to a temporary sibling, then renamed.
+        image_processor: the vision tower's HF image processor; needed for the processor files.
+        tokenizer: defaults to ``model.tokenizer``.
+        overwrite: replace ``out_dir`` if it holds a previous export (a :data:`EXPORT_INFO_NAME`).
+        dtype: parameter dtype of the export; None keeps the LLM's dtype (tower and projector are
+            cast to it, since HF Llava runs in one dtype).
+        image_token: the image placeholder text.
+        source_config, source_checkpoint: recorded in :data:`EXPORT_INFO_NAME`.
+        max_shard_size: passed to ``save_pretrained``.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ValueError: a projector other than ``mlp2x_gelu``; a tower/feature selection HF cannot
+            express; an LLM or tower that ``AutoModel.from_config`` does not rebuild; parameters
+            outside llm/visual_encoder/projector; an image processor sized for another resolution.
+        FileExistsError: ``out_dir`` is non-empty and ``overwrite`` is False (or it is not an export).
+    """
+    from accelerate import init_empty_weights
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
+    _check_no_extra_parts(model)
+    tower = model.visual_encoder
+    strategy = vision_feature_select_strategy(tower.select_feature, tower.num_prefix_tokens,
+                                              type(tower.model).__name__)
+    projector_state, act, projector_bias = _projector_state(model.projector)
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    if image_processor is not None:
+        _check_image_processor(image_processor, tower.config.image_size)
+
+    llm, llm_merged = _unwrap_lora(model.llm)
+    vision, vision_merged = _unwrap_lora(tower.model)
+    decoder = llm.get_decoder()
+    lm_head = llm.get_output_embeddings()
+    _check_auto_class(decoder, llm.config, 'language model')
+    _check_auto_class(vision, vision.config, 'vision tower')
+    out_dtype = resolve_dtype(dtype) if dtype is not None else next(decoder.parameters()).dtype
+
+    old_vocab = llm.config.vocab_size
+    if tokenizer is not None:
+        tokenizer, image_token_id, added_token = _tokenizer_with_image_token(tokenizer, image_token)
+    else:
+        image_token_id, added_token = old_vocab, False
+        print_log(f'No tokenizer: the image token gets id {image_token_id} (a new row); add {image_token!r} '
+                  'at that id to the tokenizer you use with the export.', logger='current', level=logging.WARNING)
+    new_vocab = max(old_vocab, image_token_id + 1)
+
+    text_config = copy.deepcopy(llm.config)
+    vision_config = copy.deepcopy(vision.config)
+    for cfg in (text_config, vision_config):
+        cfg.dtype = out_dtype
+    config = LlavaConfig(
+        vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
+        projector_hidden_act=act, vision_feature_select_strategy=strategy,
+        vision_feature_layer=tower.select_layer, image_seq_length=tower.num_tokens,
+        multimodal_projector_bias=projector_bias,
+        tie_word_embeddings=getattr(text_config, 'tie_word_embeddings', False))
+    config.dtype = out_dtype
+    with init_empty_weights():  # parameters on meta; non-persistent buffers (rotary, ids) real
+        hf_model = LlavaForConditionalGeneration(config)
+
+    def load(dst: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+        state = {k: v.detach().to(out_dtype) if v.is_floating_point() else v.detach() for k, v in state.items()}
+        try:
+            dst.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            raise ValueError(f'The {what} does not match its LlavaForConditionalGeneration counterpart: '
+                             f'{exc}') from exc
+
+    load(hf_model.model.language_model, decoder.state_dict(), 'language model')
+    load(hf_model.lm_head, lm_head.state_dict(), 'LM head')
+    load(hf_model.model.vision_tower, vision.state_dict(), 'vision tower')
+    load(hf_model.model.multi_modal_projector, projector_state, 'projector')
+    hf_model.tie_weights()
+    if new_vocab > old_vocab:
+        _grow_vocab(hf_model, new_vocab)
+    hf_model.generation_config = copy.deepcopy(llm.generation_config)
+    hf_model.eval()
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.', suffix='.tmp'))
+    try:
+        hf_model.save_pretrained(tmp_dir, safe_serialization=True, max_shard_size=max_shard_size)
+        saved = _save_processing(tmp_dir, tokenizer, image_processor, strategy, tower, image_token)
+        info = dict(
+            source_config=None if source_config is None else str(source_config),
+            source_checkpoint=None if source_checkpoint is None else str(source_checkpoint),
+            format='transformers.LlavaForConditionalGeneration',
+            dtype=str(out_dtype).replace('torch.', ''),
+            llm=type(decoder).__name__, vision_tower=type(vision).__name__,
+            lora_merged=dict(llm=llm_merged, visual_encoder=vision_merged),
+            image_token=image_token, image_token_index=image_token_id, image_token_added=added_token,
+            vocab_size=dict(before=old_vocab, after=new_vocab), image_seq_length=tower.num_tokens,
+            vision_feature_layer=tower.select_layer, vision_feature_select_strategy=strategy,
+            select_feature=tower.select_feature, num_prefix_tokens=tower.num_prefix_tokens,
+            saved=saved,
+            note=('mllm_align pads images to square with the image mean before the image processor; '
+                  "HF's LlavaProcessor does not. Feed square images to reproduce mllm_align inputs."),
+            versions=_versions())
+        (tmp_dir / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + '\n')
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    print_log(f'Exported LlavaForConditionalGeneration to {out_dir} ({info["dtype"]}, image token '
+              f'{image_token!r}={image_token_id}, {tower.num_tokens} tokens per image, strategy {strategy!r}, '
+              f'saved {", ".join(saved)})', logger='current')
+    return out_dir
+
+
+def _grow_vocab(hf_model: nn.Module, new_vocab: int) -> None:
+    """Resize embeddings (and an untied head) to ``new_vocab``; new rows = mean of the old rows."""
+    old_vocab = hf_model.get_input_embeddings().weight.shape[0]
+    hf_model.resize_token_embeddings(new_vocab, mean_resizing=False)
+    with torch.no_grad():
+        for emb in {id(m): m for m in (hf_model.get_input_embeddings(), hf_model.get_output_embeddings())}.values():
+            weight = emb.weight  # (V', D)
+            weight[old_vocab:] = weight[:old_vocab].float().mean(0).to(weight.dtype)
+            bias = getattr(emb, 'bias', None)
+            if bias is not None:
+                bias[old_vocab:] = bias[:old_vocab].float().mean().to(bias.dtype)
+
+
+def _save_processing(out_dir: Path, tokenizer: Any, image_processor: Any, strategy: str, tower: Any,
+                     image_token: str) -> list[str]:
+    from transformers import LlavaProcessor
+    saved = ['model']
+    if tokenizer is not None and image_processor is not None:
+        processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                   patch_size=tower.config.patch_size, vision_feature_select_strategy=strategy,
+                                   num_additional_image_tokens=tower.num_prefix_tokens, image_token=image_token,
+                                   chat_template=getattr(tokenizer, 'chat_template', None))
+        processor.save_pretrained(out_dir)
+        return saved + ['tokenizer', 'image_processor', 'processor']
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+        saved.append('tokenizer')
+    if image_processor is not None:
+        image_processor.save_pretrained(out_dir)
+        saved.append('image_processor')
+    print_log('No LlavaProcessor saved: it needs both the tokenizer and the image processor '
+              f'(have: {", ".join(saved[1:]) or "neither"}).', logger='current', level=logging.WARNING)
+    return saved
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+    return dict(torch=torch.__version__, transformers=transformers.__version__)
+
+
+# ---------------------------------------------------------------------------------------- verification
+def expand_image_placeholders(input_ids: torch.Tensor, image_token_id: int, image_seq_length: int) -> torch.Tensor:
+    """Replace each ``IMAGE_TOKEN_INDEX`` by ``image_seq_length`` copies of ``image_token_id``.
+
+    ``[T] -> [T - n + n * image_seq_length]`` for a 1-D sequence with n placeholders.
+    """
+    pieces = [torch.full((image_seq_length,), image_token_id, dtype=input_ids.dtype) if t == IMAGE_TOKEN_INDEX
+              else t.view(1) for t in input_ids.cpu()]
+    return torch.cat(pieces).to(input_ids.device)
+
+
+@torch.no_grad()
+def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: torch.Tensor | None = None,
+                   input_ids: torch.Tensor | None = None, prompt: str = 'Describe the image in one sentence.',
+                   seed: int = 0, hf_model: Any = None) -> float:
+    """Max |logit difference| between ``model`` and the export in ``hf_dir`` on one sample.
+
+    The mllm_align model runs ``input_ids`` (with one ``IMAGE_TOKEN_INDEX`` placeholder); the HF
+    model runs the same ids with the placeholder expanded to ``image_seq_length`` image tokens.
+    Both see the same ``pixel_values``; logits are compared over the original vocabulary (an added
+    ``<image>`` row is left out), in the models' own dtype, cast to fp32.
+
+    Args:
+        model: the source model (eval mode is set for the call and restored after).
+        hf_dir: the exported directory (loaded with ``LlavaForConditionalGeneration.from_pretrained``).
+        pixel_values: ``[1, 3, H, W]``; default a seeded random image at the tower's size.
+        input_ids: ``[T]`` mllm_align ids with one placeholder; default: BOS (if any), the
+            placeholder, then ``prompt`` tokenized by ``model.tokenizer`` (or fixed ids without one).
+        prompt: text of the default sample.
+        seed: seed of the default image.
+        hf_model: an already loaded export (skips loading ``hf_dir``).
+
+    Returns:
+        The maximum absolute logit difference over all positions.
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    device = next(model.llm.parameters()).device
+    tower = model.visual_encoder
+    if pixel_values is None:
+        gen = torch.Generator().manual_seed(seed)
+        size = tower.config.image_size
+        pixel_values = torch.randn(1, 3, size, size, generator=gen)
+    if input_ids is None:
+        input_ids = _default_prompt_ids(model, prompt)
+    if int((input_ids == IMAGE_TOKEN_INDEX).sum()) != pixel_values.shape[0]:
+        raise ValueError(f'input_ids hold {int((input_ids == IMAGE_TOKEN_INDEX).sum())} image placeholders for '
+                         f'{pixel_values.shape[0]} images.')
+    if hf_model is None:
+        attn = getattr(model.llm.config, '_attn_implementation', None)
+        hf_model = LlavaForConditionalGeneration.from_pretrained(
+            str(hf_dir), dtype='auto', attn_implementation=attn if attn in ('eager', 'sdpa') else None)
+        hf_model.to(device)
+    hf_model.eval()
+    was_training = model.training
+    model.eval()
+    try:
+        data = dict(input_ids=input_ids[None].to(device), pixel_values=pixel_values.to(device))
+        ours = model(data, mode='tensor')[0].float()  # (L, V)
+    finally:
+        model.train(was_training)
+    cfg = hf_model.config
+    hf_ids = expand_image_placeholders(input_ids, cfg.image_token_index, cfg.image_seq_length)
+    hf_dtype = next(hf_model.parameters()).dtype
+    theirs = hf_model(input_ids=hf_ids[None].to(device), pixel_values=pixel_values.to(device, hf_dtype),
+                      use_cache=False).logits[0].float()  # (L, V')
+    if theirs.shape[0] != ours.shape[0]:
+        raise ValueError(f'Sequence lengths differ: mllm_align {ours.shape[0]}, HF {theirs.shape[0]}; '
+                         f'image_seq_length={cfg.image_seq_length} does not match the tower.')
+    return float((ours - theirs[:, :ours.shape[1]]).abs().max())
+
+
+def _default_prompt_ids(model: LLaVAModel, prompt: str) -> torch.Tensor:
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        vocab = model.llm.config.vocab_size
+        text = [i % vocab for i in range(3, 11)]
+        bos = []
+    else:
+        text = tokenizer(prompt, add_special_tokens=False).input_ids
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return torch.tensor(bos + [IMAGE_TOKEN_INDEX] + list(text), dtype=torch.long)
