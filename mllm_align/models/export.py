@@ -422,7 +422,9 @@ def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: t
     The mllm_align model runs ``input_ids`` (with one ``IMAGE_TOKEN_INDEX`` placeholder); the HF
     model runs the same ids with the placeholder expanded to ``image_seq_length`` image tokens.
     Both see the same ``pixel_values``; logits are compared over the original vocabulary (an added
-    ``<image>`` row is left out), in the models' own dtype, cast to fp32.
+    ``<image>`` row is left out). The export is loaded in the dtype of ``model``'s LLM, so casting
+    ``model`` to fp32 first compares a half-precision export in fp32 (weights upcast exactly), which
+    separates mapping errors from half-precision kernel noise.
 
     Args:
         model: the source model (eval mode is set for the call and restored after).
@@ -453,7 +455,8 @@ def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: t
     if hf_model is None:
         attn = getattr(model.llm.config, '_attn_implementation', None)
         hf_model = LlavaForConditionalGeneration.from_pretrained(
-            str(hf_dir), dtype='auto', attn_implementation=attn if attn in ('eager', 'sdpa') else None)
+            str(hf_dir), dtype=next(model.llm.parameters()).dtype,
+            attn_implementation=attn if attn in ('eager', 'sdpa') else None)
         hf_model.to(device)
     hf_model.eval()
     was_training = model.training
