@@ -12,6 +12,7 @@ Importing :mod:`mllm_align.engine` installs both.
 """
 from __future__ import annotations
 
+import copyreg
 import os
 import tempfile
 from pathlib import Path
@@ -51,12 +52,22 @@ class AtomicLocalBackend(LocalBackend):
 
 def install_atomic_backend() -> None:
     """Make mmengine's default local backend the atomic one (idempotent)."""
-    register_backend('local', AtomicLocalBackend, force=True)
+    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
     # get_file_backend caches instances; drop stale plain-LocalBackend ones.
     from mmengine.fileio import io as mm_io
     for key, inst in list(mm_io.backend_instances.items()):
         if type(inst) is LocalBackend:
             del mm_io.backend_instances[key]
+
+
+def _reduce_history_buffer(buf: HistoryBuffer) -> tuple:
+    """Pickle a HistoryBuffer as ``HistoryBuffer(log_history, count_history, max_length)``.
+
+    By default it pickles its dict of statistics methods as bound methods (``getattr`` calls), which
+    a ``weights_only`` load rightly refuses; rebuilding through the constructor needs no more than
+    the class and numpy arrays on the allow-list.
+    """
+    return HistoryBuffer, (buf._log_history, buf._count_history, buf.max_length)
 
 
 def allow_mmengine_checkpoint_globals() -> None:
@@ -68,6 +79,7 @@ def allow_mmengine_checkpoint_globals() -> None:
     dtype_classes = [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'bool')]
     torch.serialization.add_safe_globals([HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar,
                                           *dtype_classes])
+    copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
 
 
 def load_checkpoint_file(path: Union[str, Path]) -> dict:

@@ -41,8 +41,8 @@ def check_config_keys(cfg: Config) -> None:
     """
     if 'model' not in cfg:
         raise KeyError(f'Config {cfg.filename} has no `model`: PART 2 must define model=dict(...).')
-    for key in cfg.keys():
-        if key in RUNNER_KEYS:
+    for key, value in cfg.items():
+        if key in RUNNER_KEYS or callable(value):  # imported classes/functions are config names too
             continue
         close = difflib.get_close_matches(key, RUNNER_KEYS, n=1, cutoff=0.85)
         if close:

@@ -38,4 +38,5 @@ class SimulatedCrashHook(Hook):
 def crash_hook_from_env() -> dict | None:
     """The hook config requested through ``MLLM_ALIGN_CRASH_AT_ITER``, or None."""
     value = os.environ.get(CRASH_ENV)
-    return dict(type=SimulatedCrashHook, at_iter=int(value)) if value else None
+    # By registry name: a class object would not survive mmengine's config dump.
+    return dict(type='SimulatedCrashHook', at_iter=int(value)) if value else None

@@ -15,6 +15,7 @@ from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
 
 from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
+from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook
 from mllm_align.engine.loops import TrainLoop
 from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
 
@@ -51,6 +52,11 @@ on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
 save_steps = 1000
 save_total_limit = 2  # full-LLM checkpoints are ~14 GB each
 save_optimizer = True  # needed for exact --resume
+
+# Chat samples during training (EvaluateChatHook): any local images and questions.
+evaluation_freq = 500
+evaluation_images = [data_root + 'eval_images/view.jpg']
+evaluation_inputs = ['Please describe this picture.', 'What is unusual about this image?']
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
@@ -120,3 +126,8 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 default_hooks.update(  # noqa: F405
     checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps,  # noqa: F405
                     max_keep_ckpts=save_total_limit, save_optimizer=save_optimizer))
+custom_hooks = [
+    dict(type=DatasetInfoHook),
+    dict(type=EvaluateChatHook, image_processor=image_processor, evaluation_images=evaluation_images,
+         evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq),
+]

@@ -24,6 +24,7 @@ from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from torch.optim import AdamW
 
 from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
+from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook
 from mllm_align.engine.loops import TrainLoop
 from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
 
@@ -59,6 +60,11 @@ save_steps = 5
 save_total_limit = -1  # keep every iteration: the demo scores each with MIR
 save_optimizer = True  # needed for exact --resume
 
+# Chat samples during training (EvaluateChatHook): local images and questions.
+evaluation_freq = 40
+evaluation_images = [data_root + 'shapes/images/eval_000000.png', data_root + 'shapes/images/eval_000001.png']
+evaluation_inputs = ['Describe the image.', 'What colour is the shape?']
+
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
 #######################################################################
@@ -74,6 +80,7 @@ model = dict(
     projector=dict(type='mlp2x_gelu'),
     tokenizer=tokenizer,
     template=template,
+    max_new_tokens=16,  # chat samples: short answers keep the CPU run quick
     freeze_llm=True,
     freeze_visual_encoder=True)
 
@@ -123,3 +130,8 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 default_hooks.update(  # noqa: F405
     checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps,  # noqa: F405
                     max_keep_ckpts=save_total_limit, save_optimizer=save_optimizer))
+custom_hooks = [
+    dict(type=DatasetInfoHook),
+    dict(type=EvaluateChatHook, image_processor=image_processor, evaluation_images=evaluation_images,
+         evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq),
+]
