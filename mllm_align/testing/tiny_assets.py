@@ -61,7 +61,7 @@ except ImportError:  # elsewhere: build-to-temp + rename alone
 logger = logging.getLogger(__name__)
 
 # Bump when the layout or the content of the assets changes in a way the stamp cannot see.
-TINY_ASSETS_VERSION = '1'
+TINY_ASSETS_VERSION = '2'
 STAMP_NAME = '.complete'
 
 LLMKind = Literal['llama', 'qwen2', 'vicuna']
@@ -95,6 +95,14 @@ _LLM_SPECS: dict[str, dict] = {
                   rope_theta=1000000.0, seed_offset=2),
     'vicuna': dict(family='vicuna', stop_tokens=('</s>',), rope_theta=10000.0, seed_offset=3),
 }
+# Chat template each tiny LLM is warmed up on (besides the pre-training captions).
+_CHAT_TEMPLATE = {'llama': 'llama3', 'qwen2': 'qwen2', 'vicuna': 'vicuna_v1'}
+# Text-only warm-up of each LLM, so that a LLaVA run on top of it has a language model to align to:
+# a random LLM cannot learn captions from a projector alone, a text-trained one learns to read the
+# image (the captions' colour/shape/position words are unpredictable from text alone).
+LLM_WARMUP_STEPS = 150
+LLM_WARMUP_BATCH = 16
+LLM_WARMUP_LR = 3e-3
 
 # Text the chat templates add around conversations; trained into the tokenizers' vocabulary.
 _TEMPLATE_TEXTS: tuple[str, ...] = (
@@ -175,7 +183,8 @@ def _token_id(tokenizer: PreTrainedTokenizerBase, token: str, where: str) -> int
     return vocab[token]
 
 
-def _build_llm(kind: str, out_dir: Path, corpus: list[str], vocab_size: int, seed: int) -> None:
+def _build_llm(kind: str, out_dir: Path, corpus: list[str], vocab_size: int, seed: int,
+               warmup_data: list[list[dict]]) -> None:
     spec = _LLM_SPECS[kind]
     tokenizer = build_tiny_tokenizer(spec['family'], corpus, vocab_size=vocab_size)
     stop_ids = [_token_id(tokenizer, t, kind) for t in spec['stop_tokens']]
@@ -197,11 +206,52 @@ def _build_llm(kind: str, out_dir: Path, corpus: list[str], vocab_size: int, see
         model = Qwen2ForCausalLM(Qwen2Config(rms_norm_eps=1e-6, **common))
     else:
         model = LlamaForCausalLM(LlamaConfig(rms_norm_eps=1e-5, **common))
+    _warm_up_on_text(model, tokenizer, kind, warmup_data, seed + spec['seed_offset'])
     model.generation_config = GenerationConfig(
         bos_token_id=bos_id, eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
         pad_token_id=pad_id)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+
+
+def _warm_up_on_text(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, kind: str,
+                     conversations: list[list[dict]], seed: int) -> None:
+    """Train ``model`` as a plain language model on the dataset's text, images removed.
+
+    Captions (one-turn conversations) are encoded with the ``plain`` template, the others with the
+    LLM family's chat template, so the tiny LLM knows both formats. Every token is a target. Runs
+    single-threaded with a fixed seed, so a rebuild gives the same bytes.
+    """
+    from mllm_align.constants import IMAGE_TOKEN_INDEX
+    from mllm_align.data.templates import encode_conversation
+
+    sequences = []
+    for conv in conversations:
+        template = 'plain' if len(conv) == 2 and conv[0]['value'].strip() == '<image>' else _CHAT_TEMPLATE[kind]
+        ids, _ = encode_conversation(conv, tokenizer, template)
+        sequences.append([i for i in ids if i != IMAGE_TOKEN_INDEX])
+    pad = tokenizer.pad_token_id
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        optim = torch.optim.AdamW(model.parameters(), lr=LLM_WARMUP_LR, weight_decay=0.0)
+        model.train()
+        for _ in range(LLM_WARMUP_STEPS):
+            pick = torch.randint(len(sequences), (LLM_WARMUP_BATCH,), generator=gen).tolist()
+            batch = [sequences[i] for i in pick]
+            width = max(len(x) for x in batch)
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch])
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch])
+            labels = ids.masked_fill(mask == 0, -100)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        model.eval()
+        logger.info('tiny %s LLM warmed up on text: final loss %.3f', kind, float(loss))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _build_vision(kind: str, out_dir: Path, seed: int) -> None:
@@ -243,8 +293,10 @@ def _build_into(out: Path, params: dict) -> None:
                                    seed=params['seed'])
     corpus = shapes.corpus_texts(files.pretrain_json, files.sft_json, files.eval_json)
     corpus += list(_TEMPLATE_TEXTS)
+    warmup_data = [sample['conversations'] for path in (files.pretrain_json, files.sft_json)
+                   for sample in json.loads(Path(path).read_text(encoding='utf-8'))]
     for kind in LLM_KINDS:
-        _build_llm(kind, paths.llm(kind), corpus, params['vocab_size'], params['seed'])
+        _build_llm(kind, paths.llm(kind), corpus, params['vocab_size'], params['seed'], warmup_data)
     for kind in VISION_KINDS:
         _build_vision(kind, paths.vision(kind), params['seed'])
 

@@ -5,19 +5,8 @@ Runs in about a minute on a laptop CPU and is what the README's demo and the tes
     python tools/build_tiny_assets.py   # once: tiny LLaMA + CLIP + shapes dataset in data/tiny/
     bash tools/dist.sh train projects/llava/configs/pretrain/llava_v15_7b_pretrain_tiny_cpu.py 2
 
-The real recipe's docstring follows.
-
-LLaVA-1.5-7B stage 1: projector pre-training on LCS-558K.
-
-Vicuna-7B-v1.5 + CLIP ViT-L/14-336 (penultimate layer, patch tokens) + mlp2x_gelu projector;
-only the projector trains. Global batch 256 (8 GPUs × 32), lr 1e-3, cosine with 3 % warm-up,
-1 epoch (≈2181 iterations), bf16, 2048 tokens (Liu et al., "Improved Baselines with Visual
-Instruction Tuning", Table 9).
-
-    bash tools/dist.sh train projects/llava/configs/pretrain/llava_v15_7b_pretrain.py 8 --deepspeed deepspeed_zero2
-
-Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
-``llava_v15_7b_pretrain_tiny_cpu.py``.
+Differences from the real recipe: tiny local models, fp32, plain OptimWrapper, 16 image
+tokens, 256-token budget, 2 processes × batch 8, a checkpoint every 5 iterations.
 """
 from mmengine.config import read_base
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
