@@ -40,13 +40,13 @@ from typing import Any, Callable
 import torch
 from mmengine.logging import print_log
 
-from ..data.mir_probe import DEFAULT_TEXT_MAX_TOKENS, MIRProbe, build_mir_probe
+from ..data.mir_probe import DEFAULT_TEXT_MAX_TOKENS, build_mir_probe
 from ..metrics.mir import SQRT_MODES, MIRResult
 from ..models.hidden_states import TEXT_TOKENS, HFLlavaModel, compute_model_mir, num_llm_layers, parse_layers
 from .checkpoint import load_checkpoint_file
 
 __all__ = ['CheckpointRef', 'MIRSettingsMismatch', 'RESULTS_FORMAT', 'discover_checkpoints', 'evaluate_mir',
-           'default_probe_sources', 'load_results', 'plot_results', 'probe_for_config', 'write_csv']
+           'default_probe_sources', 'load_results', 'plot_results', 'write_csv']
 
 RESULTS_FORMAT = 'mllm_align.mir_eval/1'
 _ITER_RE = re.compile(r'^iter_(\d+)\.pth$')
@@ -133,7 +133,8 @@ def _load_trained(model: torch.nn.Module, ref: CheckpointRef, config: str, seen_
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch
-        raise ValueError(f'Checkpoint {ref.path} does not match the model built from {config}: {exc}. '
+        detail = ' '.join(str(exc).split()).rstrip('.')  # torch's message spans several lines
+        raise ValueError(f'Checkpoint {ref.path} does not match the model built from {config}: {detail}. '
                          'Pass the config the run was trained with.') from exc
     unexpected = list(result.unexpected_keys)
     missing = sorted(trainable - set(state))
@@ -446,7 +447,8 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
             start = time.perf_counter()
             bar = tqdm(total=2 * len(probe), desc=ref.name, unit='pair', disable=not progress, leave=False)
             try:
-                result = compute_model_mir(model, probe, layer_ids, sqrt, text_tokens=text_tokens,  # type: ignore[arg-type]
+                result = compute_model_mir(model, probe, layer_ids, sqrt,  # type: ignore[arg-type]
+                                           text_tokens=text_tokens,  # type: ignore[arg-type]
                                            batch_size=batch_size, progress=bar)
             finally:
                 bar.close()
@@ -461,7 +463,8 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
             if not math.isfinite(result.mir):
                 print_log(f'{ref.name}: MIR is {result.mir} (Σ D_k <= 0, possible with sqrt={sqrt!r}).',
                           logger='current', level=logging.WARNING)
-            records[:] = [r for r in records if r['checkpoint'] != record['checkpoint']] + [record]
+            where = record['checkpoint_key']['path']
+            records[:] = [r for r in records if r['checkpoint_key']['path'] != where] + [record]
             doc['results'] = _sorted_records(records)
             save()
             console.print(_layer_table(record, result))
@@ -472,21 +475,10 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
     write_csv(records, out_dir / 'mir.csv')
     if plots and records:
         plot_results(records, out_dir)
-    wanted = {str(ref.path) for ref in refs}
-    mine = [r for r in records if r['checkpoint'] in wanted]
+    wanted = {str(ref.path.resolve()) for ref in refs}
+    mine = [r for r in records if r['checkpoint_key']['path'] in wanted]
     console.print(_summary_table(mine))
     console.print(f'Results: {out_dir / "mir.json"}, {out_dir / "mir.csv"}'
                   + (f', {out_dir / "mir_curve.png"}, {out_dir / "mir_layers.png"}' if plots else ''))
     return mine
 
-
-def probe_for_config(cfg: Any, images: str | None = None, image_folder: str | None = None, texts: str | None = None,
-                     eval_num: int = 20, **kwargs: Any) -> MIRProbe:
-    """A probe with the config's defaults (train images, ``data/mir_texts``) and image processor."""
-    from ..models.export import image_processor_from_config
-    if images is None:
-        images, cfg_folder = default_probe_sources(cfg)
-        image_folder = image_folder if image_folder is not None else cfg_folder
-    return build_mir_probe(images, texts, image_folder=image_folder, eval_num=eval_num,
-                           image_processor=kwargs.pop('image_processor', None) or image_processor_from_config(cfg),
-                           **kwargs)

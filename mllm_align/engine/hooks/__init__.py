@@ -1,5 +1,6 @@
 """Hooks: observers registered in mmengine's HOOKS registry, one per file."""
 from .dataset_info_hook import DatasetInfoHook
 from .evaluate_chat_hook import EvaluateChatHook
+from .mir_hook import MIRHook
 
-__all__ = ['DatasetInfoHook', 'EvaluateChatHook']
+__all__ = ['DatasetInfoHook', 'EvaluateChatHook', 'MIRHook']

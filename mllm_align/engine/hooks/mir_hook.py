@@ -13,6 +13,8 @@ from ...data.mir_probe import DEFAULT_TEXT_MAX_TOKENS, MIRProbe
 from ...metrics.mir import SQRT_MODES
 from ...models.hidden_states import TEXT_TOKENS, compute_model_mir, num_llm_layers, parse_layers
 
+_STATE_KEY = 'mir_hook'  # message-hub runtime info: {'best': float, 'num_bad': int}
+
 
 @HOOKS.register_module()
 class MIRHook(Hook):
@@ -33,7 +35,9 @@ class MIRHook(Hook):
     logged) after M consecutive evaluations that do not lower the best MIR so far by more than
     ``min_delta``. The pre-training evaluation sets the first best value. The stop takes effect after
     the current iteration; mmengine's CheckpointHook saves only on its own interval, so make
-    ``interval`` a multiple of the checkpoint interval to keep the last evaluated weights.
+    ``interval`` a multiple of the checkpoint interval to keep the last evaluated weights. The best
+    value and the counter are kept in the message hub's runtime info (``mir_hook``), which mmengine
+    saves in checkpoints, so ``--resume`` continues them (and skips the pre-training evaluation).
 
     The hook only observes: forward passes under ``torch.no_grad()`` through the model's public
     ``prepare_inputs``/``run_llm``; the train/eval mode is restored in a ``finally`` block; no model
@@ -112,24 +116,31 @@ class MIRHook(Hook):
 
     # ------------------------------------------------------------------ setup
     def _build_probe(self, runner: Any) -> MIRProbe:
+        from ...data.mir_probe import build_mir_probe
+        from ...models.export import image_processor_from_config
         from ...models.llava import build_module
-        from ..mir_eval import probe_for_config
+        from ..mir_eval import default_probe_sources
         cfg = getattr(runner, 'cfg', None)
-        image_processor = build_module(self.image_processor) if self.image_processor is not None else None
-        if self.images is None and cfg is None:
-            raise ValueError('MIRHook: no `images` given and the runner has no config to take the train dataset from.')
-        if image_processor is None and cfg is None:
-            raise ValueError('MIRHook: pass `image_processor` (the runner has no config to find it in).')
-        kwargs = dict(seed=self.seed, placement=self.placement, text_max_tokens=self.text_max_tokens,
-                      image_processor=image_processor)
-        if cfg is None:
-            from ...data.mir_probe import build_mir_probe
-            return build_mir_probe(self.images, self.texts, image_folder=self.image_folder, eval_num=self.eval_num,
-                                   **kwargs)
-        probe = probe_for_config(cfg, self.images, self.image_folder, self.texts, self.eval_num, **kwargs)
-        if probe.image_processor is None:
-            raise ValueError('MIRHook: no image processor found in the config; pass `image_processor=`.')
-        return probe
+        images, image_folder = self.images, self.image_folder
+        if images is None:
+            if cfg is None:
+                raise ValueError('MIRHook: no `images` given and the runner has no config to take the train '
+                                 'dataset from.')
+            images, cfg_folder = default_probe_sources(cfg)
+            image_folder = image_folder if image_folder is not None else cfg_folder
+        if self.image_processor is not None:
+            image_processor = build_module(self.image_processor)
+        else:
+            try:
+                image_processor = image_processor_from_config(cfg) if cfg is not None else None
+            except Exception:  # noqa: BLE001 - a config without the usual layout
+                image_processor = None
+            if image_processor is None:
+                raise ValueError('MIRHook: no image processor found in the config (top-level `image_processor`, '
+                                 "the train dataset's, or the vision tower directory); pass `image_processor=`.")
+        return build_mir_probe(images, self.texts, image_folder=image_folder, eval_num=self.eval_num, seed=self.seed,
+                               image_processor=image_processor, placement=self.placement,  # type: ignore[arg-type]
+                               text_max_tokens=self.text_max_tokens)
 
     @staticmethod
     def _model(runner: Any) -> Any:
@@ -143,7 +154,12 @@ class MIRHook(Hook):
                            f'({len(self.layer_ids)}), sqrt={self.sqrt}, every {self.interval} iterations'
                            + (f', early stop after {self.patience} evaluations without a {self.min_delta} drop'
                               if self.patience else ''))
-        if self.evaluate_before_train:
+        state = runner.message_hub.get_info(_STATE_KEY)
+        if isinstance(state, dict):  # resumed: continue the early-stopping state of the checkpoint
+            self.best, self.num_bad = float(state['best']), int(state['num_bad'])
+            runner.logger.info(f'MIRHook: resumed with best MIR {self.best:.4f}, {self.num_bad} evaluations '
+                               'without improvement')
+        elif self.evaluate_before_train:
             self._evaluate(runner, step=runner.iter)
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
@@ -158,14 +174,16 @@ class MIRHook(Hook):
         rank, world_size = get_dist_info()
         payload = None
         if self.compute_on == 'all' or rank == 0:
-            result = compute_model_mir(self._model(runner), self.probe, self.layer_ids, self.sqrt,  # type: ignore[arg-type]
-                                       text_tokens=self.text_tokens, batch_size=self.batch_size)  # type: ignore[arg-type]
+            result = compute_model_mir(
+                self._model(runner), self.probe, self.layer_ids, self.sqrt,  # type: ignore[arg-type]
+                text_tokens=self.text_tokens, batch_size=self.batch_size)  # type: ignore[arg-type]
             payload = dict(mir=result.mir, per_layer=result.per_layer)
         if world_size > 1:
             box = [payload if rank == 0 else None]
             broadcast_object_list(box, src=0)
             payload = box[0]
-        assert payload is not None
+        if payload is None:  # only if rank 0 did not compute, which compute_on excludes
+            raise RuntimeError('MIRHook: no MIR result reached this rank.')
         mir = float(payload['mir'])
         self.history.append((step, mir))
 
@@ -179,6 +197,7 @@ class MIRHook(Hook):
             self.best, self.num_bad = mir, 0
         else:
             self.num_bad += 1
+        runner.message_hub.update_info(_STATE_KEY, dict(best=self.best, num_bad=self.num_bad))
         runner.logger.info(f'MIR at iteration {step}: {mir:.4f} (best {self.best:.4f}'
                            + (f', {self.num_bad}/{self.patience} without improvement' if self.patience else '') + ')')
         if self.patience is not None and self.num_bad >= self.patience:
