@@ -1,0 +1,331 @@
+"""LLaVADataset: items, laziness, lengths, bad input (raise and skip), truncation, concatenation."""
+from __future__ import annotations
+
+import functools
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessor
+
+import mllm_align.data.json_index as json_index
+import mllm_align.data.llava_dataset as llava_dataset
+from mllm_align.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mllm_align.data import (BadSampleError, ConcatDataset, LLaVADataset, MissingImageError,
+                             encode_conversation)
+from mllm_align.testing.tiny_tokenizer import SAMPLE_CORPUS, build_tiny_tokenizer
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(kind: str = 'qwen2'):
+    return build_tiny_tokenizer(kind, list(SAMPLE_CORPUS), vocab_size=512)
+
+
+def processor() -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={'shortest_edge': 32}, crop_size={'height': 32, 'width': 32})
+
+
+def conv(q: str, a: str) -> list[dict]:
+    return [{'from': 'human', 'value': q}, {'from': 'gpt', 'value': a}]
+
+
+@pytest.fixture()
+def image_dir(tmp_path):
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    Image.new('RGB', (40, 20), (255, 0, 0)).save(folder / 'red.png')
+    Image.new('L', (16, 16), 128).save(folder / 'grey.png')
+    Image.new('RGBA', (20, 30), (0, 0, 255, 128)).save(folder / 'blue.png')
+    (folder / 'broken.png').write_bytes(b'not a png at all')
+    return folder
+
+
+GOOD = [
+    {'id': 'mm1', 'image': 'red.png', 'conversations': conv('<image>\nWhat color?', 'Red.')},
+    {'id': 'text1', 'conversations': conv('Hello there!', 'Hi! How are you today?')},
+    {'id': 'mm2', 'image': ['grey.png', 'blue.png'],
+     'conversations': conv('<image>\n<image>\nSame color?', 'No.') + conv('Sure?', 'Yes, sure.')},
+]
+
+
+def write_json(path, items, jsonl: bool = False):
+    if jsonl:
+        path.write_text('\n'.join(json.dumps(x) for x in items) + '\n', encoding='utf-8')
+    else:
+        path.write_text(json.dumps(items, indent=2), encoding='utf-8')
+    return path
+
+
+def make(tmp_path, image_dir, items, name='data.json', **kwargs) -> LLaVADataset:
+    path = write_json(tmp_path / name, items, jsonl=name.endswith('.jsonl'))
+    kwargs.setdefault('tokenizer', tiny())
+    kwargs.setdefault('template', 'qwen2')
+    kwargs.setdefault('image_processor', processor())
+    kwargs.setdefault('num_image_tokens', 4)
+    return LLaVADataset(str(path), str(image_dir), **kwargs)
+
+
+# ------------------------------------------------------------------------------ items
+def test_items_follow_the_contract(tmp_path, image_dir):
+    ds = make(tmp_path, image_dir, GOOD)
+    assert len(ds) == 3
+    item = ds[0]
+    assert set(item) == {'input_ids', 'labels', 'pixel_values', 'id'}
+    assert item['id'] == 'mm1'
+    assert item['input_ids'].dtype == torch.long and item['labels'].dtype == torch.long
+    assert item['input_ids'].shape == item['labels'].shape
+    assert (item['input_ids'] == IMAGE_TOKEN_INDEX).sum() == 1
+    assert item['pixel_values'].shape == (1, 3, 32, 32) and item['pixel_values'].dtype == torch.float32
+    ids, labels = encode_conversation(GOOD[0]['conversations'], tiny(), 'qwen2')
+    assert item['input_ids'].tolist() == ids and item['labels'].tolist() == labels
+
+    text = ds[1]
+    assert text['pixel_values'] is None and (text['input_ids'] == IMAGE_TOKEN_INDEX).sum() == 0
+    two = ds[2]
+    assert two['pixel_values'].shape == (2, 3, 32, 32)
+    assert (two['input_ids'] == IMAGE_TOKEN_INDEX).sum() == 2
+    # order: the grey image first, the blue one second
+    assert two['pixel_values'][0].std() < two['pixel_values'][1].std() + 1e-6
+    assert ds[-1]['id'] == 'mm2'
+    with pytest.raises(IndexError):
+        ds[3]
+
+
+def test_jsonl_and_several_files(tmp_path, image_dir):
+    write_json(tmp_path / 'a.json', GOOD[:2])
+    write_json(tmp_path / 'b.jsonl', GOOD[2:], jsonl=True)
+    ds = LLaVADataset([str(tmp_path / 'a.json'), tmp_path / 'b.jsonl'], image_dir, tiny(), 'qwen2',
+                      processor(), num_image_tokens=4)
+    assert len(ds) == 3
+    assert [ds[i]['id'] for i in range(3)] == ['mm1', 'text1', 'mm2']
+    assert ds.metainfo['num_samples'] == 3
+
+
+def test_builds_tokenizer_and_processor_from_config_dicts(tmp_path, image_dir):
+    tokenizer_dir = tmp_path / 'tok'
+    tiny().save_pretrained(tokenizer_dir)
+    from transformers import AutoTokenizer
+    ds = make(tmp_path, image_dir, GOOD,
+              tokenizer=dict(type=AutoTokenizer.from_pretrained, pretrained_model_name_or_path=str(tokenizer_dir)),
+              image_processor=dict(type=CLIPImageProcessor, size={'shortest_edge': 32},
+                                   crop_size={'height': 32, 'width': 32}))
+    assert ds[0]['input_ids'].tolist() == make(tmp_path, image_dir, GOOD, name='d2.json')[0]['input_ids'].tolist()
+    with pytest.raises(TypeError, match='pass the callable itself'):
+        make(tmp_path, image_dir, GOOD, tokenizer=dict(type='AutoTokenizer'))
+
+
+def test_pad_to_square_changes_pixels(tmp_path, image_dir):
+    padded = make(tmp_path, image_dir, GOOD[:1])[0]['pixel_values']
+    stretched = make(tmp_path, image_dir, GOOD[:1], pad_image_to_square=False)[0]['pixel_values']
+    assert padded.shape == stretched.shape
+    assert not torch.allclose(padded, stretched)
+
+
+# ------------------------------------------------------------------------------ laziness and lengths
+class CountingTokenizer:
+    """Wraps a tokenizer and counts every call that tokenizes."""
+
+    def __init__(self, tok):
+        self.tok, self.calls = tok, 0
+
+    def encode(self, *args, **kwargs):
+        self.calls += 1
+        return self.tok.encode(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tok(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_start_up_is_lazy(tmp_path, image_dir, monkeypatch):
+    items = [dict(GOOD[i % 3], id=f's{i}') for i in range(300)]
+    parsed = []
+    real_loads = json_index.json.loads
+    monkeypatch.setattr(json_index.json, 'loads', lambda *a, **k: parsed.append(1) or real_loads(*a, **k))
+    counting = CountingTokenizer(tiny())
+    ds = make(tmp_path, image_dir, items, tokenizer=counting)
+    assert counting.calls == 0 and parsed == []  # no tokenization, no record parsed
+    assert len(ds) == 300
+    ds[5]
+    assert counting.calls > 0 and len(parsed) == 1
+
+
+def test_length_estimates_and_modality_signs(tmp_path, image_dir):
+    ds = make(tmp_path, image_dir, GOOD, name='data.jsonl', num_image_tokens=100)
+    assert ds.modality_lengths.tolist()[1] < 0  # text-only
+    assert ds.modality_lengths[0] > 0 and ds.modality_lengths[2] > 0
+    np.testing.assert_array_equal(np.abs(ds.modality_lengths), ds.lengths)
+    # images dominate the estimate: one image ≈ 100, two images ≈ 200
+    assert 100 < ds.lengths[0] < 200 and 200 < ds.lengths[2] < 300
+    # the estimate is within a small factor of the true effective length
+    for i in range(3):
+        ids = ds[i]['input_ids']
+        true = len(ids) + 99 * int((ids == IMAGE_TOKEN_INDEX).sum())
+        assert 0.5 < ds.lengths[i] / true < 2.0
+
+
+# ------------------------------------------------------------------------------ bad input
+BAD_CASES = {
+    'missing_image': ({'id': 'bad', 'image': 'nope.png', 'conversations': conv('<image>\nq', 'a')},
+                      "image 'nope.png' not found at"),
+    'unreadable_image': ({'id': 'bad', 'image': 'broken.png', 'conversations': conv('<image>\nq', 'a')},
+                         'broken.png.*cannot be read'),
+    'image_token_without_image': ({'id': 'bad', 'conversations': conv('<image>\nq', 'a')},
+                                  'no `image` field'),
+    'image_without_image_token': ({'id': 'bad', 'image': 'red.png', 'conversations': conv('q', 'a')},
+                                  r'1 image\(s\) but no <image>'),
+    'image_count_mismatch': ({'id': 'bad', 'image': ['red.png', 'grey.png'],
+                              'conversations': conv('<image>\nq', 'a')}, r'1 <image> in the text but 2'),
+    'empty_conversation': ({'id': 'bad', 'image': 'red.png', 'conversations': []}, 'no conversation'),
+    'unknown_speaker': ({'id': 'bad', 'conversations': [{'from': 'human', 'value': 'q'},
+                                                        {'from': 'robot', 'value': 'a'}]},
+                        "unknown speaker 'robot'"),
+    'no_supervised_tokens': ({'id': 'bad', 'conversations': [{'from': 'human', 'value': 'q'}]},
+                             'no gpt turn'),
+    'too_long': ({'id': 'bad', 'image': 'red.png',
+                  'conversations': conv('word ' * 200 + '<image>\nq', 'a')}, 'need .* tokens, more than max_length=40'),
+}
+
+
+@pytest.mark.parametrize('cause', sorted(BAD_CASES))
+def test_bad_sample_raises_with_location_and_fix(tmp_path, image_dir, cause):
+    bad, pattern = BAD_CASES[cause]
+    ds = make(tmp_path, image_dir, [GOOD[0], bad, GOOD[1]], max_length=40)
+    with pytest.raises(BadSampleError, match=pattern) as info:
+        ds[1]
+    message = str(info.value)
+    assert info.value.cause == cause
+    assert 'data.json, item 1 (line ' in message and "sample id 'bad'" in message
+    assert "on_bad_sample='skip'" in message
+    if cause == 'missing_image':
+        assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, MissingImageError)
+        assert str(image_dir / 'nope.png') in message
+    assert ds[0]['id'] == 'mm1'  # the good neighbours still load
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path, image_dir):
+    path = tmp_path / 'data.jsonl'
+    path.write_text(json.dumps(GOOD[0]) + '\n{"id": "broken", \n' + json.dumps(GOOD[1]) + '\n')
+    ds = LLaVADataset(path, image_dir, tiny(), 'qwen2', processor(), num_image_tokens=4)
+    with pytest.raises(BadSampleError, match=r'data\.jsonl, line 2: malformed JSON') as info:
+        ds[1]
+    assert info.value.cause == 'malformed_json'
+    assert ds[2]['id'] == 'text1'
+
+
+def test_record_that_is_not_an_object(tmp_path, image_dir):
+    path = tmp_path / 'data.jsonl'
+    path.write_text(json.dumps(GOOD[1]) + '\n' + '[1, 2]\n')
+    ds = LLaVADataset(path, image_dir, tiny(), 'qwen2', processor())
+    with pytest.raises(BadSampleError, match='line 2: expected a JSON object'):
+        ds[1]
+
+
+def test_insert_missing_image_token_option(tmp_path, image_dir):
+    bad, _ = BAD_CASES['image_without_image_token']
+    ds = make(tmp_path, image_dir, [bad], insert_missing_image_token=True)
+    item = ds[0]
+    assert (item['input_ids'] == IMAGE_TOKEN_INDEX).sum() == 1 and item['pixel_values'].shape[0] == 1
+
+
+def test_skip_counts_logs_once_per_cause_and_returns_next(tmp_path, image_dir, monkeypatch):
+    logged = []
+    monkeypatch.setattr(llava_dataset, 'print_log', lambda msg, **kw: logged.append((msg, kw)))
+    items = [GOOD[0], BAD_CASES['missing_image'][0], dict(BAD_CASES['missing_image'][0], id='bad2'),
+             GOOD[1], BAD_CASES['unknown_speaker'][0], GOOD[2], BAD_CASES['too_long'][0]]
+    ds = make(tmp_path, image_dir, items, on_bad_sample='skip', max_length=120)
+    assert ds[1]['id'] == 'text1'  # items 1 and 2 are bad: item 3 instead
+    assert ds[2]['id'] == 'text1'
+    assert ds[4]['id'] == 'mm2'
+    assert ds[6]['id'] == 'mm1'  # wraps around
+    assert ds.num_skipped == 5
+    assert ds.skip_counts == {'missing_image': 3, 'unknown_speaker': 1, 'too_long': 1}
+    assert len(logged) == 3  # once per cause
+    assert all(kw.get('logger') == 'current' and kw.get('level') == 30 for _, kw in logged)
+    assert 'missing_image' in logged[0][0] and 'nope.png' in logged[0][0]
+
+
+def test_skip_with_only_bad_samples(tmp_path, image_dir):
+    ds = make(tmp_path, image_dir, [BAD_CASES['missing_image'][0]], on_bad_sample='skip')
+    with pytest.raises(RuntimeError, match='Every one of the 1 samples is bad'):
+        ds[0]
+
+
+def test_constructor_errors(tmp_path, image_dir):
+    with pytest.raises(ValueError, match="on_bad_sample must be 'raise' or 'skip'"):
+        make(tmp_path, image_dir, GOOD, on_bad_sample='ignore')
+    with pytest.raises(ValueError, match='Unknown chat template'):
+        make(tmp_path, image_dir, GOOD, template='chatml')
+    with pytest.raises(FileNotFoundError, match='image_folder'):
+        LLaVADataset(write_json(tmp_path / 'd.json', GOOD), tmp_path / 'nowhere', tiny(), 'qwen2', processor())
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        LLaVADataset(tmp_path / 'missing.json', image_dir, tiny(), 'qwen2', processor())
+    with pytest.raises(ValueError, match='No samples'):
+        LLaVADataset(write_json(tmp_path / 'e.json', []), image_dir, tiny(), 'qwen2', processor())
+
+
+# ------------------------------------------------------------------------------ truncation
+def test_truncation_never_splits_an_image(tmp_path, image_dir):
+    long_answer = ' '.join(['circle'] * 200)
+    item = {'id': 'long', 'image': 'red.png',
+            'conversations': conv('<image>\nDescribe.', long_answer) + conv('<image>\nAgain?', 'Yes.')}
+    item['image'] = ['red.png', 'grey.png']
+    full_ids, _ = encode_conversation(item['conversations'], tiny(), 'qwen2')
+    second_image = [i for i, t in enumerate(full_ids) if t == IMAGE_TOKEN_INDEX][1]
+    nit = 8
+    # room for everything up to and including the second image, but not the rest
+    max_length = second_image + 1 + 2 * (nit - 1) + 3
+    ds = make(tmp_path, image_dir, [item], num_image_tokens=nit, max_length=max_length)
+    out = ds[0]
+    ids = out['input_ids']
+    assert len(ids) + (nit - 1) * int((ids == IMAGE_TOKEN_INDEX).sum()) == max_length
+    assert (ids == IMAGE_TOKEN_INDEX).sum() == 2 and out['pixel_values'].shape[0] == 2
+    assert ids.tolist() == full_ids[:len(ids)]
+    assert (out['labels'] != IGNORE_INDEX).any()
+    # one token less and the second image no longer fits: the sample is bad, not cut through
+    ds = make(tmp_path, image_dir, [item], name='d2.json', num_image_tokens=nit,
+              max_length=second_image + 2 * (nit - 1))
+    with pytest.raises(BadSampleError, match='too_long|need') as info:
+        ds[0]
+    assert info.value.cause == 'too_long'
+
+
+def test_truncation_leaving_no_labels_is_bad(tmp_path, image_dir):
+    item = {'id': 'q', 'image': 'red.png',
+            'conversations': conv('<image>\n' + 'word ' * 30, 'a')}
+    ids, _ = encode_conversation(item['conversations'], tiny(), 'qwen2')
+    ds = make(tmp_path, image_dir, [item], num_image_tokens=4, max_length=len(ids))
+    with pytest.raises(BadSampleError, match='no supervised'):
+        ds[0]
+    ok = make(tmp_path, image_dir, [item], name='ok.json', num_image_tokens=4, max_length=len(ids) + 3)
+    assert len(ok[0]['input_ids']) == len(ids)
+
+
+# ------------------------------------------------------------------------------ concat, pickling, workers
+def test_concat_dataset_keeps_lengths(tmp_path, image_dir):
+    a = make(tmp_path, image_dir, GOOD[:2], name='a.json')
+    b = make(tmp_path, image_dir, GOOD[2:], name='b.json')
+    both = ConcatDataset([a, b])
+    assert len(both) == 3 and both[2]['id'] == 'mm2'
+    np.testing.assert_array_equal(both.modality_lengths,
+                                  np.concatenate([a.modality_lengths, b.modality_lengths]))
+    np.testing.assert_array_equal(both.lengths, np.concatenate([a.lengths, b.lengths]))
+    with pytest.raises(TypeError, match='modality_lengths'):
+        ConcatDataset([a, [1, 2]])
+
+
+def test_pickles_and_loads_in_worker_processes(tmp_path, image_dir):
+    from mllm_align.data import llava_collate_fn
+    ds = make(tmp_path, image_dir, GOOD)
+    again = pickle.loads(pickle.dumps(ds))
+    assert again[2]['input_ids'].tolist() == ds[2]['input_ids'].tolist()
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=llava_collate_fn)
+    batch = next(iter(loader))
+    assert batch['data']['input_ids'].shape[0] == 3
+    assert batch['data']['pixel_values'].shape == (3, 3, 32, 32)

