@@ -184,7 +184,7 @@ def _token_id(tokenizer: PreTrainedTokenizerBase, token: str, where: str) -> int
 
 
 def _build_llm(kind: str, out_dir: Path, corpus: list[str], vocab_size: int, seed: int,
-               warmup_data: list[list[dict]]) -> None:
+               warmup_data: list[list[dict]], warmup_steps: int) -> None:
     spec = _LLM_SPECS[kind]
     tokenizer = build_tiny_tokenizer(spec['family'], corpus, vocab_size=vocab_size)
     stop_ids = [_token_id(tokenizer, t, kind) for t in spec['stop_tokens']]
@@ -206,7 +206,7 @@ def _build_llm(kind: str, out_dir: Path, corpus: list[str], vocab_size: int, see
         model = Qwen2ForCausalLM(Qwen2Config(rms_norm_eps=1e-6, **common))
     else:
         model = LlamaForCausalLM(LlamaConfig(rms_norm_eps=1e-5, **common))
-    _warm_up_on_text(model, tokenizer, kind, warmup_data, seed + spec['seed_offset'])
+    _warm_up_on_text(model, tokenizer, kind, warmup_data, seed + spec['seed_offset'], warmup_steps)
     model.generation_config = GenerationConfig(
         bos_token_id=bos_id, eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
         pad_token_id=pad_id)
@@ -215,7 +215,7 @@ def _build_llm(kind: str, out_dir: Path, corpus: list[str], vocab_size: int, see
 
 
 def _warm_up_on_text(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, kind: str,
-                     conversations: list[list[dict]], seed: int) -> None:
+                     conversations: list[list[dict]], seed: int, steps: int) -> None:
     """Train ``model`` as a plain language model on the dataset's text, images removed.
 
     Captions (one-turn conversations) are encoded with the ``plain`` template, the others with the
@@ -237,7 +237,8 @@ def _warm_up_on_text(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
         gen = torch.Generator().manual_seed(seed)
         optim = torch.optim.AdamW(model.parameters(), lr=LLM_WARMUP_LR, weight_decay=0.0)
         model.train()
-        for _ in range(LLM_WARMUP_STEPS):
+        loss = torch.zeros(())
+        for _ in range(steps):
             pick = torch.randint(len(sequences), (LLM_WARMUP_BATCH,), generator=gen).tolist()
             batch = [sequences[i] for i in pick]
             width = max(len(x) for x in batch)
@@ -249,7 +250,7 @@ def _warm_up_on_text(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
             loss.backward()
             optim.step()
         model.eval()
-        logger.info('tiny %s LLM warmed up on text: final loss %.3f', kind, float(loss))
+        logger.info('tiny %s LLM warmed up on text (%d steps): final loss %.3f', kind, steps, loss.item())
     finally:
         torch.set_num_threads(threads)
 
@@ -296,7 +297,8 @@ def _build_into(out: Path, params: dict) -> None:
     warmup_data = [sample['conversations'] for path in (files.pretrain_json, files.sft_json)
                    for sample in json.loads(Path(path).read_text(encoding='utf-8'))]
     for kind in LLM_KINDS:
-        _build_llm(kind, paths.llm(kind), corpus, params['vocab_size'], params['seed'], warmup_data)
+        _build_llm(kind, paths.llm(kind), corpus, params['vocab_size'], params['seed'],
+                   warmup_data, params['llm_warmup_steps'])
     for kind in VISION_KINDS:
         _build_vision(kind, paths.vision(kind), params['seed'])
 
@@ -385,7 +387,8 @@ def build_tiny_assets(root: str | Path,
                       seed: int = 0,
                       num_train: int = 600,
                       num_eval: int = 100,
-                      vocab_size: int = 1024) -> TinyAssets:
+                      vocab_size: int = 1024,
+                      llm_warmup_steps: int = LLM_WARMUP_STEPS) -> TinyAssets:
     """Build (or reuse) the tiny offline assets under ``root``.
 
     Does nothing when ``root/.complete`` matches this version, these parameters, the installed
@@ -410,6 +413,7 @@ def build_tiny_assets(root: str | Path,
     root = Path(root).absolute()
     assets = tiny_assets_paths(root)
     params = dict(seed=seed, num_train=num_train, num_eval=num_eval, vocab_size=vocab_size,
+                  llm_warmup_steps=llm_warmup_steps,
                   shapes_image_size=SHAPES_IMAGE_SIZE, vision_image_size=VISION_IMAGE_SIZE,
                   vision_patch_size=VISION_PATCH_SIZE, llm_hidden_size=LLM_HIDDEN_SIZE,
                   vision_hidden_size=VISION_HIDDEN_SIZE)

@@ -27,8 +27,8 @@ _PHRASE_TO_POSITION = {v: k for k, v in shapes.POSITION_PHRASES.items()}
 
 
 @pytest.fixture(scope='module')
-def assets(tmp_path_factory: pytest.TempPathFactory) -> TinyAssets:
-    return build_tiny_assets(tmp_path_factory.mktemp('tiny') / 'assets')
+def assets(tiny_assets: TinyAssets) -> TinyAssets:
+    return tiny_assets  # the default build at data/tiny (tests/conftest.py)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -144,12 +144,13 @@ def test_paths_and_accessors(assets: TinyAssets, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # Build mechanics: determinism, idempotence, atomicity
 # ----------------------------------------------------------------------------------------------
-def test_rebuild_is_byte_identical(assets: TinyAssets, tmp_path: Path) -> None:
-    first = _files(assets.root)
-    other = build_tiny_assets(tmp_path / 'again')
+def test_rebuild_is_byte_identical(tmp_path: Path) -> None:
+    small = dict(num_train=16, num_eval=4, llm_warmup_steps=20)  # warm-up included, kept short
+    first = _files(build_tiny_assets(tmp_path / 'first', **small).root)
+    other = build_tiny_assets(tmp_path / 'again', **small)
     assert _files(other.root) == first
     # forcing a rebuild in place gives the same bytes too
-    build_tiny_assets(tmp_path / 'again', force=True)
+    build_tiny_assets(tmp_path / 'again', force=True, **small)
     assert _files(other.root) == first
 
 
@@ -175,16 +176,16 @@ def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 def test_refuses_to_replace_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / 'notes.txt').write_text('mine')
     with pytest.raises(FileExistsError, match='does not look like tiny assets'):
-        build_tiny_assets(tmp_path, num_train=8, num_eval=2)
+        build_tiny_assets(tmp_path, num_train=8, num_eval=2, llm_warmup_steps=2)
     assert (tmp_path / 'notes.txt').read_text() == 'mine'
 
 
 def test_parameter_change_rebuilds_and_cleans_up(tmp_path: Path) -> None:
-    small = build_tiny_assets(tmp_path / 'root', num_train=8, num_eval=2)
+    small = build_tiny_assets(tmp_path / 'root', num_train=8, num_eval=2, llm_warmup_steps=2)
     assert len(_load(small.pretrain_json)) == 8
     stale = tmp_path / '.root.building-1-deadbeef'  # left by a killed build
     stale.mkdir()
-    bigger = build_tiny_assets(tmp_path / 'root', num_train=12, num_eval=2)
+    bigger = build_tiny_assets(tmp_path / 'root', num_train=12, num_eval=2, llm_warmup_steps=2)
     assert len(_load(bigger.pretrain_json)) == 12
     assert sorted(p.name for p in tmp_path.iterdir()) == ['root']  # no temp/old dirs left
 
@@ -205,12 +206,12 @@ def test_concurrent_builds_build_once(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(tiny_assets, '_build_into', counting_build)
     root = tmp_path / 'shared'
     with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda _: build_tiny_assets(root, num_train=16, num_eval=4),
+        results = list(pool.map(lambda _: build_tiny_assets(root, num_train=16, num_eval=4, llm_warmup_steps=2),
                                 range(3)))
     assert results == [tiny_assets_paths(root.absolute())] * 3
     if tiny_assets.fcntl is not None:
         assert len(calls) == 1
-    reference = build_tiny_assets(tmp_path / 'serial', num_train=16, num_eval=4)
+    reference = build_tiny_assets(tmp_path / 'serial', num_train=16, num_eval=4, llm_warmup_steps=2)
     assert _files(root) == _files(reference.root)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['serial', 'shared']
 
