@@ -37,3 +37,35 @@ class TrainLoop(IterBasedTrainLoop):
             dataloader = loader
         super().__init__(runner, dataloader, max_iters=int(max_iters), val_begin=val_begin,
                          val_interval=val_interval, dynamic_intervals=dynamic_intervals)
+        check_warmup_length(runner.cfg.get('param_scheduler'), len(self.dataloader))
+
+
+def check_warmup_length(schedulers: Any, epoch_length: int) -> None:
+    """Reject epoch-based schedulers that convert to fewer than 2 iterations.
+
+    mmengine converts ``begin``/``end`` in epochs to iterations with ``int(x * epoch_length)``. A
+    warm-up (``LinearLR``) that becomes a single iteration never steps to its end factor, and a
+    chained cosine that follows keeps multiplying the warm-up's start factor: the whole run trains
+    at ``lr × start_factor`` (e.g. 1e-8). This happens with ``warmup_ratio = 0.03`` once an epoch
+    has fewer than 67 iterations (small data, many GPUs).
+
+    Raises:
+        ValueError: naming the scheduler, its span in iterations and the fix.
+    """
+    if not schedulers:
+        return
+    for cfg in (schedulers if isinstance(schedulers, (list, tuple)) else [schedulers]):
+        if not (cfg.get('by_epoch', True) and cfg.get('convert_to_iter_based', False)):
+            continue
+        begin = int(cfg.get('begin', 0) * epoch_length)
+        end = cfg.get('end', float('inf'))
+        if end == float('inf'):
+            continue
+        span = int(end * epoch_length) - begin
+        if span < 2:
+            name = getattr(cfg.get('type'), '__name__', cfg.get('type'))
+            raise ValueError(
+                f'param_scheduler {name} (begin={cfg.get("begin", 0)}, end={end} epochs) spans {span} '
+                f'iteration(s) at {epoch_length} iterations per epoch; mmengine needs at least 2, or '
+                'the learning rate stays at the warm-up start value for the whole run. Raise '
+                '`warmup_ratio` in PART 1 (or use fewer processes / a smaller batch).')

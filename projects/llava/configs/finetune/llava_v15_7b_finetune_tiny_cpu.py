@@ -45,7 +45,7 @@ lr = 2e-4  # the 7B recipe's 2e-5 barely moves a tiny random model
 betas = (0.9, 0.999)
 weight_decay = 0
 max_norm = 1  # gradient clipping
-warmup_ratio = 0.03
+warmup_ratio = 0.1  # ≥ 2 warm-up iterations at 38 iterations per epoch (2 processes)
 on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
 
 save_steps = 5

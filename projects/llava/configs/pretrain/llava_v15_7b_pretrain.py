@@ -15,7 +15,7 @@ from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
 
 from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
-from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook
+from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook, MIRHook
 from mllm_align.engine.loops import TrainLoop
 from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
 
@@ -55,6 +55,11 @@ save_optimizer = True  # needed for exact --resume
 evaluation_freq = 500
 evaluation_images = [data_root + 'eval_images/view.jpg']
 evaluation_inputs = ['Please describe this picture.', 'What is unusual about this image?']
+
+# MIR tracked during training (MIRHook): probe images from the training data, text from
+# data/mir_texts/ (or point `texts` at CNN/DailyMail .story files as in the paper).
+mir_interval = 500
+mir_eval_num = 20
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
@@ -126,4 +131,6 @@ custom_hooks = [
     dict(type=DatasetInfoHook),
     dict(type=EvaluateChatHook, image_processor=image_processor, evaluation_images=evaluation_images,
          evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq),
+    dict(type=MIRHook, interval=mir_interval, eval_num=mir_eval_num, images=data_path,
+         image_folder=image_folder, image_processor=image_processor),
 ]

@@ -13,7 +13,7 @@ from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from torch.optim import AdamW
 
 from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
-from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook
+from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook, MIRHook
 from mllm_align.engine.loops import TrainLoop
 from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
 
@@ -42,7 +42,7 @@ lr = 1e-3
 betas = (0.9, 0.999)
 weight_decay = 0
 max_norm = 1  # gradient clipping
-warmup_ratio = 0.03
+warmup_ratio = 0.1  # ≥ 2 warm-up iterations at 38 iterations per epoch (2 processes)
 on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
 
 save_steps = 5
@@ -53,6 +53,10 @@ save_optimizer = True  # needed for exact --resume
 evaluation_freq = 40
 evaluation_images = [data_root + 'shapes/images/eval_000000.png', data_root + 'shapes/images/eval_000001.png']
 evaluation_inputs = ['Describe the image.', 'What colour is the shape?']
+
+# MIR tracked during training (MIRHook): probe size and frequency.
+mir_interval = 25
+mir_eval_num = 8
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
@@ -123,4 +127,6 @@ custom_hooks = [
     dict(type=DatasetInfoHook),
     dict(type=EvaluateChatHook, image_processor=image_processor, evaluation_images=evaluation_images,
          evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq),
+    dict(type=MIRHook, interval=mir_interval, eval_num=mir_eval_num, images=data_path,
+         image_folder=image_folder, image_processor=image_processor),
 ]
