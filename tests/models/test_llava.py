@@ -130,3 +130,34 @@ def test_vision_tower_prefix_tokens(model_dirs):
     assert VisionTower(str(model_dirs / 'clip'), select_feature='cls_patch')(x).shape == (2, 5, 16)
     with pytest.raises(ValueError, match='out of range'):
         VisionTower(str(model_dirs / 'clip'), select_layer=7)
+
+
+def test_predict_batched_left_padding_equals_one_by_one(tiny_assets):
+    from mllm_align.data.collate import llava_collate_fn
+    from mllm_align.data.image_processing import process_images
+    from mllm_align.data.templates import build_generation_prompt
+    from mllm_align.models import load_tokenizer
+    from PIL import Image
+    model = LLaVAModel(llm=dict(type=load_llm, path=str(tiny_assets.llm_qwen2)),
+                       visual_encoder=dict(type=VisionTower, path=str(tiny_assets.vision_clip)),
+                       tokenizer=dict(type=load_tokenizer, path=str(tiny_assets.llm_qwen2)),
+                       template='qwen2', max_new_tokens=6)
+    from mllm_align.models import load_image_processor
+    proc = load_image_processor(str(tiny_assets.vision_clip))
+    questions = ['What colour is the shape?', 'Where is the shape in this picture, please?']
+    items = []
+    for i, q in enumerate(questions):
+        ids = build_generation_prompt([{'from': 'human', 'value': '<image>\n' + q}], model.tokenizer, 'qwen2')
+        img = Image.open(tiny_assets.image_folder / 'images' / f'eval_{i:06d}.png')
+        items.append(dict(input_ids=torch.tensor(ids), labels=torch.full((len(ids),), IGN),
+                          pixel_values=process_images([img], proc)))
+    batched = model(llava_collate_fn(items)['data'], mode='predict')
+    single = [model(llava_collate_fn([it])['data'], mode='predict')[0] for it in items]
+    assert [b['token_ids'] for b in batched] == [s['token_ids'] for s in single]
+    assert all(isinstance(b['prediction'], str) and b['token_ids'] for b in batched)
+
+
+def test_dinov2_tower_drops_cls(tiny_assets):
+    tower = VisionTower(str(tiny_assets.vision_dinov2))
+    assert tower.num_prefix_tokens == 1
+    assert tower(torch.randn(1, 3, 32, 32)).shape == (1, 16, 64)
