@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from mllm_align.engine.launch import build_runner, prepare_config  # noqa: E402
+from mllm_align.engine.launch import build_runner, prepare_config, shutdown_distributed  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,7 +42,10 @@ def main() -> None:
     cfg = prepare_config(args.config, work_dir=args.work_dir, resume=args.resume,
                          cfg_options=args.cfg_options, deepspeed=args.deepspeed, launcher=args.launcher)
     runner = build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == '__main__':

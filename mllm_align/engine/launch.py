@@ -14,7 +14,6 @@ call them directly. What happens here:
 from __future__ import annotations
 
 import difflib
-import os
 import os.path as osp
 from typing import Any, Literal
 
@@ -147,5 +146,15 @@ def build_runner(cfg: Config) -> Any:
     return Runner.from_cfg(cfg)
 
 
-def local_rank() -> int:
-    return int(os.environ.get('LOCAL_RANK', 0))
+def shutdown_distributed() -> None:
+    """Wait for every rank, then destroy the process group.
+
+    Without this, a gloo rank that reaches interpreter exit while its communication threads are
+    still alive dies with ``terminate called without an active exception`` (SIGABRT) — after the
+    run finished, but with a failing exit code and possibly before rank 0 wrote its last checkpoint.
+    """
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
