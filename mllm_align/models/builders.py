@@ -106,3 +106,14 @@ def load_image_processor(path: str, trust_remote_code: bool = False, **kwargs: A
 def load_config(path: str, trust_remote_code: bool = False) -> Any:
     """``AutoConfig`` of a local model directory."""
     return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+
+def resolve_pad_token_id(config: Any, tokenizer: Any = None) -> int:
+    """The pad id: the LLM config's ``pad_token_id``, else the tokenizer's, else 0.
+
+    Padding positions are masked out everywhere, so the value only has to be a valid id.
+    """
+    pad = getattr(config, 'pad_token_id', None)
+    if pad is None and tokenizer is not None:
+        pad = tokenizer.pad_token_id
+    return int(pad) if pad is not None else 0

@@ -54,6 +54,7 @@ from torch import nn
 
 from ..constants import IMAGE_TOKEN_INDEX
 from ..metrics.mir import MIRAccumulator, MIRResult, SqrtMode
+from .builders import resolve_pad_token_id
 from .splice import MultimodalInputs, splice_image_features
 
 __all__ = ['TEXT_TOKENS', 'HFLlavaModel', 'TextTokens', 'compute_model_mir', 'iter_modality_hidden_states',
@@ -340,10 +341,7 @@ class HFLlavaModel(nn.Module):
 
     @property
     def pad_token_id(self) -> int:
-        pad = getattr(self.llm.config, 'pad_token_id', None)
-        if pad is None and self.tokenizer is not None:
-            pad = self.tokenizer.pad_token_id
-        return int(pad) if pad is not None else 0
+        return resolve_pad_token_id(self.llm.config, self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, template: str | None = None,

@@ -26,6 +26,7 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from ..constants import IGNORE_INDEX
+from .builders import resolve_pad_token_id
 from .projector import build_projector
 from .splice import MultimodalInputs, splice_image_features
 from .vision_tower import VisionTower
@@ -140,10 +141,7 @@ class LLaVAModel(BaseModel):
 
     @property
     def pad_token_id(self) -> int:
-        pad = getattr(self.llm.config, 'pad_token_id', None)
-        if pad is None and self.tokenizer is not None:
-            pad = self.tokenizer.pad_token_id
-        return int(pad) if pad is not None else 0
+        return resolve_pad_token_id(self.llm.config, self.tokenizer)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Vision tower → projector. ``[N, 3, H, W] -> [N, P, D]`` in the LLM's embedding dtype."""
