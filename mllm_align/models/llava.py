@@ -34,10 +34,13 @@ from .vision_tower import VisionTower
 Mode = Literal['loss', 'predict', 'tensor']
 
 
-def build_module(cfg: Any) -> Any:
-    """Build ``cfg`` if it is an mmengine-style dict (``type`` a callable or registry name), else return it."""
+def build_module(cfg: Any, **defaults: Any) -> Any:
+    """Build ``cfg`` if it is an mmengine-style dict (``type`` a callable or registry name), else return it.
+
+    ``defaults`` fill arguments the config does not set (e.g. the LLM's sizes for a plug-in).
+    """
     if isinstance(cfg, dict) and 'type' in cfg:
-        cfg = dict(cfg)
+        cfg = {**defaults, **cfg}
         obj_type = cfg.pop('type')
         if isinstance(obj_type, str):
             from mmengine.registry import MODELS
@@ -83,7 +86,23 @@ class LLaVAModel(BaseModel):
         pretrained_pth: a checkpoint of this model (``iter_N.pth``) whose weights are loaded at
             build time, e.g. the pre-trained projector for SFT.
         max_new_tokens: generation length in ``predict``.
+        moca: MoCa calibration config (``dict(type=MoCa, ...)``, :mod:`mllm_align.align.moca`); built
+            with the LLM's ``num_layers`` and ``hidden_size``, then ``attach``ed to its decoder layers.
+        cal: CAL loss re-weighting config (``dict(type=CAL, ...)``, :mod:`mllm_align.align.cal`).
+        visual_words: visual-word supervision config (``dict(type=VisualWords, ...)``,
+            :mod:`mllm_align.align.visual_words`); built with ``hidden_size`` and ``vocab_size``.
         data_preprocessor: mmengine data preprocessor config (moves the batch to the device).
+
+    Alignment plug-ins are optional children; deleting their config block switches them off. The
+    protocol they follow:
+
+    * ``moca``: an ``nn.Module`` with ``attach(llm)`` (hooks the decoder layers once) and
+      ``set_image_mask(image_mask [B, L] | None)``, called before every LLM pass.
+    * ``cal``: an object with ``compute_loss(model, inputs, logits) -> dict`` that replaces the plain
+      ``loss_lm``.
+    * ``visual_words``: an ``nn.Module`` with ``compute_loss(model, inputs, logits) -> dict`` (added
+      to the losses), a ``pif`` flag and ``pseudo_image_features(features [N, P, D], embed_weight
+      [V, D]) -> [N, P, D]`` applied to projected image features when ``pif`` is set.
 
     Shapes: B batch, T text length, N images in the batch, L spliced length, V vocabulary.
     """
@@ -93,7 +112,8 @@ class LLaVAModel(BaseModel):
                  freeze_visual_encoder: bool = True, freeze_projector: bool = False,
                  llm_lora: Any = None, visual_encoder_lora: Any = None,
                  gradient_checkpointing: bool = False, pretrained_pth: str | None = None,
-                 max_new_tokens: int = 64, data_preprocessor: Any = None,
+                 max_new_tokens: int = 64, moca: Any = None, cal: Any = None,
+                 visual_words: Any = None, data_preprocessor: Any = None,
                  init_cfg: Any = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.llm = build_module(llm)
@@ -118,6 +138,14 @@ class LLaVAModel(BaseModel):
             self.llm = apply_lora(self.llm, llm_lora)
         if visual_encoder_lora is not None:
             self.visual_encoder.model = apply_lora(self.visual_encoder.model, visual_encoder_lora)
+        llm_config = self.llm.config
+        self.moca = build_module(moca, num_layers=llm_config.num_hidden_layers,
+                                 hidden_size=llm_config.hidden_size)
+        if self.moca is not None:
+            self.moca.attach(self.llm)
+        self.cal = build_module(cal)
+        self.visual_words = build_module(visual_words, hidden_size=llm_config.hidden_size,
+                                         vocab_size=self.embed_tokens.weight.shape[0])
         if gradient_checkpointing:
             self.llm.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={'use_reentrant': False})
@@ -147,7 +175,10 @@ class LLaVAModel(BaseModel):
         """Vision tower → projector. ``[N, 3, H, W] -> [N, P, D]`` in the LLM's embedding dtype."""
         feats = self.visual_encoder(pixel_values)  # (N, P, C)
         proj_dtype = next(self.projector.parameters()).dtype
-        return self.projector(feats.to(proj_dtype)).to(self.embed_tokens.weight.dtype)  # (N, P, D)
+        feats = self.projector(feats.to(proj_dtype)).to(self.embed_tokens.weight.dtype)  # (N, P, D)
+        if self.visual_words is not None and self.visual_words.pif:
+            feats = self.visual_words.pseudo_image_features(feats, self.embed_tokens.weight)
+        return feats
 
     def prepare_inputs(self, data: dict, padding_side: Literal['right', 'left'] = 'right') -> MultimodalInputs:
         """Splice image features into the text embeddings; returns the LLM inputs and the image mask.
@@ -167,6 +198,8 @@ class LLaVAModel(BaseModel):
 
     def run_llm(self, inputs: MultimodalInputs, **kwargs: Any) -> Any:
         """One LLM forward pass on spliced inputs; returns the HF output (``.logits [B, L, V]``)."""
+        if self.moca is not None:
+            self.moca.set_image_mask(inputs.image_mask)
         return self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
                         position_ids=inputs.position_ids, use_cache=False, **kwargs)
 
@@ -186,7 +219,13 @@ class LLaVAModel(BaseModel):
         if inputs.labels is None:
             raise ValueError("mode='loss' needs `labels` in the batch.")
         logits = self.run_llm(inputs).logits  # (B, L, V)
-        return {'loss_lm': causal_lm_loss(logits, inputs.labels)}
+        if self.cal is not None:
+            losses = dict(self.cal.compute_loss(self, inputs, logits))
+        else:
+            losses = {'loss_lm': causal_lm_loss(logits, inputs.labels)}
+        if self.visual_words is not None:
+            losses.update(self.visual_words.compute_loss(self, inputs, logits))
+        return losses
 
     @torch.no_grad()
     def predict(self, data: dict) -> list[dict[str, Any]]:
@@ -202,6 +241,8 @@ class LLaVAModel(BaseModel):
             eos = get_template(self.template).stop_token_ids(self.tokenizer)
         else:
             eos = self.llm.generation_config.eos_token_id or self.tokenizer.eos_token_id
+        if self.moca is not None:
+            self.moca.set_image_mask(inputs.image_mask)  # prefill; 1-token decode steps are skipped
         out = self.llm.generate(inputs_embeds=inputs.inputs_embeds,
                                 attention_mask=inputs.attention_mask.long(),
                                 max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
