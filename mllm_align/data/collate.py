@@ -30,7 +30,9 @@ def llava_collate_fn(instances: Sequence[Mapping[str, Any]], pad_token_id: int =
     Returns:
         ``{'data': {'input_ids': LongTensor [B, Lmax], 'labels': LongTensor [B, Lmax],
         'attention_mask': BoolTensor [B, Lmax], 'pixel_values': FloatTensor [sum N_i, 3, H, W]
-        or None}, 'data_samples': None}``; images in sample order.
+        or None}, 'data_samples': None}``; images in sample order. When the dataset skipped bad
+        samples to fill the batch (``on_bad_sample='skip'``), ``data['skipped']`` holds
+        ``{cause: count}``.
 
     Raises:
         ValueError: empty batch, mismatched ``input_ids``/``labels`` lengths, images of different
@@ -62,6 +64,12 @@ def llava_collate_fn(instances: Sequence[Mapping[str, Any]], pad_token_id: int =
             raise ValueError(f'Images in one batch must share (3, H, W); found {sorted(shapes)}. '
                              'Use one image processor with a fixed crop size.')
         pixel_values = torch.cat(images, dim=0)  # (sum N_i, 3, H, W)
-    return {'data': {'input_ids': input_ids, 'labels': labels, 'attention_mask': attention_mask,
-                     'pixel_values': pixel_values},
-            'data_samples': None}
+    data = {'input_ids': input_ids, 'labels': labels, 'attention_mask': attention_mask,
+            'pixel_values': pixel_values}
+    skipped: dict[str, int] = {}
+    for x in instances:
+        for cause, count in (x.get('skipped') or {}).items():
+            skipped[cause] = skipped.get(cause, 0) + count
+    if skipped:
+        data['skipped'] = skipped  # bad samples skipped to fill this batch, per cause
+    return {'data': data, 'data_samples': None}

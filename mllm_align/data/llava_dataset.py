@@ -203,12 +203,20 @@ class LLaVADataset(Dataset):
         if self.on_bad_sample == 'raise':
             return self._load(index)
         n = len(self)
+        skipped: Counter[str] = Counter()
         for attempt in range(n):
             j = (index + attempt) % n
             try:
-                return self._load(j)
+                item = self._load(j)
             except BadSampleError as err:
                 self._record_skip(err)
+                skipped[err.cause] += 1
+                continue
+            if skipped:
+                # Travels with the batch (llava_collate_fn sums it), so skips made inside DataLoader
+                # workers still reach DatasetInfoHook in the main process.
+                item['skipped'] = dict(skipped)
+            return item
         raise RuntimeError(f'Every one of the {n} samples is bad (causes: {dict(self.skip_counts)}); '
                            'nothing to train on.')
 

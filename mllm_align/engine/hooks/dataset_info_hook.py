@@ -1,8 +1,11 @@
 """Log what the model will actually be trained on, before GPU time is spent."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+import torch
+from mmengine.dist import all_reduce, get_world_size, is_distributed
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
@@ -50,7 +53,11 @@ def decode_sample(input_ids: list[int], labels: list[int], tokenizer: Any) -> tu
 @HOOKS.register_module()
 class DatasetInfoHook(Hook):
     """Before training, log each training dataset's size and its first sample decoded with its
-    label mask (what is supervised); after training, log how many bad samples were skipped.
+    label mask (what is supervised); during and after training, log how many bad samples were
+    skipped (``on_bad_sample='skip'``), per cause, summed over DataLoader workers and ranks.
+
+    Skips are read from ``data['skipped']`` of each batch (see ``llava_collate_fn``), so counts
+    made inside worker processes are not lost.
 
     Args:
         tokenizer: the tokenizer (or its config dict); default: the dataset's ``tokenizer``.
@@ -63,6 +70,7 @@ class DatasetInfoHook(Hook):
         from ...models.llava import build_module
         self.tokenizer = build_module(tokenizer)
         self.sample_index = sample_index
+        self.skipped: Counter[str] = Counter()
 
     def before_train(self, runner: Any) -> None:
         dataset = runner.train_dataloader.dataset
@@ -81,10 +89,24 @@ class DatasetInfoHook(Hook):
                 f'  {name}: {len(leaf):,} samples. Sample {item.get("id")!r} ({len(ids)} tokens, '
                 f'{n_img} image(s)):\n    input:      {full!r}\n    supervised: {target!r}')
 
+    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        skipped = (data_batch or {}).get('data', {}).get('skipped') if isinstance(data_batch, dict) else None
+        if not skipped:
+            return
+        first = not self.skipped
+        self.skipped.update(skipped)
+        if first:
+            runner.logger.warning(f'Bad training samples are being skipped ({dict(skipped)}); totals are '
+                                  'logged at the end of training.')
+
     def after_train(self, runner: Any) -> None:
-        for leaf in _unwrap_dataset(runner.train_dataloader.dataset):
-            skipped = getattr(leaf, 'num_skipped', 0)
-            if skipped:
-                causes = dict(getattr(leaf, 'skipped_causes', {}) or {})
-                runner.logger.warning(f'{getattr(leaf, "data_path", "dataset")}: {skipped} bad samples '
-                                      f'skipped in the main process ({causes}).')
+        from ...data.llava_dataset import BAD_SAMPLE_CAUSES
+        causes = sorted(set(BAD_SAMPLE_CAUSES) | set(self.skipped))
+        counts = torch.tensor([self.skipped.get(c, 0) for c in causes], dtype=torch.long)
+        if is_distributed() and get_world_size() > 1:
+            all_reduce(counts)  # sum over ranks
+        total = int(counts.sum())
+        if total:
+            detail = {c: int(n) for c, n in zip(causes, counts) if n}
+            runner.logger.warning(f'{total} bad training samples were skipped and replaced by the next '
+                                  f'sample: {detail}.')
