@@ -102,7 +102,9 @@ class LLaVAModel(BaseModel):
       ``loss_lm``.
     * ``visual_words``: an ``nn.Module`` with ``compute_loss(model, inputs, logits) -> dict`` (added
       to the losses), a ``pif`` flag and ``pseudo_image_features(features [N, P, D], embed_weight
-      [V, D]) -> [N, P, D]`` applied to projected image features when ``pif`` is set.
+      [V, D]) -> [N, P, D]`` applied to projected image features when ``pif`` is set;
+      ``attach(llm)`` (called once after it is built) and ``resize(n)`` (called by
+      :meth:`resize_token_embeddings`).
 
     Shapes: B batch, T text length, N images in the batch, L spliced length, V vocabulary.
     """
@@ -146,6 +148,8 @@ class LLaVAModel(BaseModel):
         self.cal = build_module(cal)
         self.visual_words = build_module(visual_words, hidden_size=llm_config.hidden_size,
                                          vocab_size=self.embed_tokens.weight.shape[0])
+        if self.visual_words is not None:
+            self.visual_words.attach(self.llm)  # vm_head init from the LLM, if configured
         if gradient_checkpointing:
             self.llm.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={'use_reentrant': False})
@@ -170,6 +174,14 @@ class LLaVAModel(BaseModel):
     @property
     def pad_token_id(self) -> int:
         return resolve_pad_token_id(self.llm.config, self.tokenizer)
+
+    def resize_token_embeddings(self, new_num_tokens: int, **kwargs: Any) -> None:
+        """Resize the LLM's input/output embeddings after tokens were added to the tokenizer, and the
+        vocabulary-sized plug-in heads with them (visual words' ``vm_head``). Call before the optimizer
+        is built; ``kwargs`` go to HF ``resize_token_embeddings`` (e.g. ``pad_to_multiple_of``)."""
+        self.llm.resize_token_embeddings(new_num_tokens, **kwargs)
+        if self.visual_words is not None:
+            self.visual_words.resize(self.embed_tokens.weight.shape[0])
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Vision tower → projector. ``[N, 3, H, W] -> [N, P, D]`` in the LLM's embedding dtype."""

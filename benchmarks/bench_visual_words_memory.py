@@ -1,0 +1,191 @@
+"""Benchmark: memory and time of the visual-word loss vs dense [B, L, V] formulations.
+
+    python benchmarks/bench_visual_words_memory.py            # ~1-2 min on 2 CPU cores
+    python benchmarks/bench_visual_words_memory.py --batch 2  # B = 2
+
+One training step's loss part (forward + backward) at L = 2048 positions, V = 32000, D = 64, with
+576 image slots per sample right after a BOS (LLaVA-1.5's layout), logits given as a float32 leaf
+tensor that needs a gradient (it stands for the LLM output). Variants:
+
+* ``vw``        :func:`mllm_align.align.visual_word_loss` (rows t−1 gathered chunk by chunk, fused KL).
+* ``gathered``  the same maths written plainly: gather the M rows → [M, V], ``log_softmax`` both sides,
+                ``kl_div`` (what "compute only at image slots" gives without chunking).
+* ``dense``     softmax targets scattered into a dense [B, L, V] tensor, KL at every position, masked
+                (the reference's label layout, ``vw_pif_arch.py``).
+* ``seed``      the reference's own non-pif code path (``vw_llama.py``): ``vm_head`` over every
+                position ([B, L, V]), ``.contiguous()`` shifted copies of logits and targets, boolean
+                selection, ``KLDivLoss('batchmean')``.
+* ``ce``, ``ce+vw``, ``ce+dense``  the same with the text cross-entropy the step computes anyway
+                (``causal_lm_loss`` on the text positions), to show what the visual loss adds to it.
+
+Each variant runs in two fresh processes (OMP_NUM_THREADS=1 by default), one per measure:
+
+* memory: the RSS high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) over two steps minus
+  the RSS after the inputs are built (libraries imported first), so it counts everything the step
+  allocates, the gradient of the logits included. This process runs with
+  ``MALLOC_MMAP_THRESHOLD_=65536``: glibc then serves every block over 64 KiB with mmap and returns
+  it on free, so RSS follows the live tensors (with glibc's default dynamic threshold, freed
+  mid-size blocks stay in the heap and the high-water mark also measures fragmentation).
+* time: best of 3 steps after one warm-up, with the default allocator.
+
+Prints a markdown table for ``docs/benchmarks.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ('vw', 'gathered', 'dense', 'seed', 'ce', 'ce+vw', 'ce+dense')
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--batch', type=int, default=1, help='B (default 1)')
+    parser.add_argument('--length', type=int, default=2048, help='L (default 2048)')
+    parser.add_argument('--vocab', type=int, default=32000, help='V (default 32000)')
+    parser.add_argument('--hidden', type=int, default=64, help='D (default 64)')
+    parser.add_argument('--slots', type=int, default=576, help='image slots per sample (default 576)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads per process (default 1: steadier timings on a shared machine)')
+    parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument('--child', choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument('--measure', choices=['memory', 'time'], default='time', help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def _rss_kb() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
+
+
+def _losses(variant: str, logits, embeds, weight, image_mask, labels):
+    import torch
+    import torch.nn.functional as F
+
+    from mllm_align.align import visual_word_loss
+    from mllm_align.models import causal_lm_loss
+
+    def gathered():
+        b, t = image_mask.nonzero(as_tuple=True)
+        keep = t > 0
+        b, t = b[keep], t[keep]
+        log_p = torch.log_softmax(logits[b, t - 1], -1)  # (M, V)
+        log_q = torch.log_softmax(embeds[b, t] @ weight.T, -1)  # (M, V)
+        return F.kl_div(log_p, log_q, log_target=True, reduction='batchmean')
+
+    def dense():
+        q = torch.softmax(embeds[image_mask] @ weight.T, -1)  # (S, V)
+        labels_vw = torch.zeros_like(logits)
+        labels_vw[image_mask] = q  # (B, L, V) dense targets
+        log_p = torch.log_softmax(logits[:, :-1], -1)  # (B, L-1, V)
+        kl = F.kl_div(log_p, labels_vw[:, 1:], reduction='none').sum(-1)  # (B, L-1)
+        mask = image_mask[:, 1:]
+        return (kl * mask).sum() / mask.sum()
+
+    def seed():
+        visual_labels = F.linear(embeds, weight)  # (B, L, V): vm_head at every position
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = visual_labels[..., 1:, :].contiguous()
+        mask = image_mask[..., 1:].contiguous()
+        log_p = F.log_softmax(shift_logits[mask], -1)
+        q = F.softmax(shift_labels[mask], -1)
+        return torch.nn.KLDivLoss(reduction='batchmean')(log_p, q)
+
+    vw = {'vw': lambda: visual_word_loss(logits, embeds, weight, image_mask),
+          'gathered': gathered, 'dense': dense, 'seed': seed}
+    total = 0
+    parts = variant.split('+')
+    if 'ce' in parts:
+        total = total + causal_lm_loss(logits, labels)
+    for p in parts:
+        if p != 'ce':
+            total = total + vw[p]()
+    return total
+
+
+def child(args: argparse.Namespace) -> None:
+    import resource
+
+    import torch
+
+    import mllm_align.align  # noqa: F401 - imported before the baseline RSS is read
+    import mllm_align.models  # noqa: F401
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    B, L, V, D = args.batch, args.length, args.vocab, args.hidden
+    logits = torch.randn(B, L, V, requires_grad=True)  # (B, L, V) the LLM output
+    embeds = torch.randn(B, L, D, requires_grad=True)  # (B, L, D)
+    weight = (0.5 * torch.randn(V, D)).requires_grad_()  # (V, D) vm_head
+    image_mask = torch.zeros(B, L, dtype=torch.bool)
+    image_mask[:, 1:1 + args.slots] = True  # BOS, then the image
+    labels = torch.randint(0, V, (B, L))
+    labels[:, :1 + args.slots] = -100
+    base = _rss_kb()
+    times, value = [], None
+    for i in range(2 if args.measure == 'memory' else 4):
+        for t in (logits, embeds, weight):
+            t.grad = None
+        start = time.perf_counter()
+        loss = _losses(args.child, logits, embeds, weight, image_mask, labels)
+        loss.backward()
+        if i:
+            times.append(time.perf_counter() - start)
+        value = float(loss.detach())
+        del loss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.measure == 'memory':
+        print('BENCH ' + json.dumps(dict(peak_mib=(peak - base) / 1024, loss=value)))
+    else:
+        print('BENCH ' + json.dumps(dict(step_s=min(times), loss=value)))
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        child(args)
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(REPO))
+    results = {}
+    for variant in args.variants:
+        results[variant] = {}
+        for measure in ('memory', 'time'):
+            cmd = [sys.executable, __file__, '--child', variant, '--measure', measure, '--batch', str(args.batch),
+                   '--length', str(args.length), '--vocab', str(args.vocab), '--hidden', str(args.hidden),
+                   '--slots', str(args.slots), '--threads', str(args.threads)]
+            child_env = dict(env, MALLOC_MMAP_THRESHOLD_='65536') if measure == 'memory' else env
+            out = subprocess.run(cmd, cwd=REPO, env=child_env, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f'{variant} ({measure}) failed:\n{out.stderr[-3000:]}')
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith('BENCH ')][-1]
+            results[variant].update(json.loads(line[len('BENCH '):]))
+        print(f'{variant}: {results[variant]}', file=sys.stderr)
+
+    B, L, V = args.batch, args.length, args.vocab
+    print(f'\nB={B}, L={L}, V={V}, D={args.hidden}, {args.slots} image slots per sample; one [B, L, V] float32 '
+          f'tensor = {B * L * V * 4 / 2**20:.0f} MiB')
+    print(f'Date {datetime.date.today()}; {platform.machine()} {os.cpu_count()} cores; torch threads {args.threads}; '
+          f'python {platform.python_version()}\n')
+    ref = results.get('vw')
+    print('| variant | peak memory of the step (MiB) | vs vw | step time fwd+bwd (s) | vs vw | loss |')
+    print('|---|---|---|---|---|---|')
+    for variant, r in results.items():
+        mem = f'{r["peak_mib"] / ref["peak_mib"]:.1f}x' if ref else '–'
+        tim = f'{r["step_s"] / ref["step_s"]:.1f}x' if ref else '–'
+        print(f'| {variant} | {r["peak_mib"]:.0f} | {mem} | {r["step_s"]:.3f} | {tim} | {r["loss"]:.6f} |')
+    if {'ce', 'ce+vw', 'ce+dense'} <= results.keys():
+        extra_vw = results['ce+vw']['peak_mib'] - results['ce']['peak_mib']
+        extra_dense = results['ce+dense']['peak_mib'] - results['ce']['peak_mib']
+        print(f'\nMemory the visual loss adds to a step with the text CE: vw {extra_vw:.0f} MiB, dense '
+              f'{extra_dense:.0f} MiB ({extra_dense / max(extra_vw, 1e-9):.1f}x).')
+
+
+if __name__ == '__main__':
+    main()
