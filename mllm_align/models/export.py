@@ -16,6 +16,9 @@ What maps how::
     'cls_patch' (keep every token)       ──► vision_feature_select_strategy = 'full'
     IMAGE_TOKEN_INDEX placeholder        ──► a real ``<image>`` token (added to the tokenizer if absent),
                                              repeated ``image_seq_length`` times per image
+    moca (MoCa u, v; optional)           ──► moca.safetensors + moca_config.json beside the weights;
+                                             ``mllm_align.align.moca.attach_moca_to_hf(model, dir)``
+                                             re-attaches it after ``from_pretrained``
 
 Only the ``mlp2x_gelu`` projector has a counterpart in HF's ``LlavaMultiModalProjector``
 (Linear → act → Linear); a 'patch' tower with more than one prefix token (DINOv2 with registers)
@@ -127,6 +130,11 @@ def _unwrap_lora(module: nn.Module) -> tuple[nn.Module, bool]:
 
 def _check_no_extra_parts(model: LLaVAModel) -> None:
     known = {'llm', 'visual_encoder', 'projector', 'data_preprocessor'}
+    # --- MoCa: exported beside the HF weights (see _save_moca) -------------------------------------
+    from ..align.moca import MoCa
+    if isinstance(getattr(model, 'moca', None), MoCa):
+        known.add('moca')
+    # --- end MoCa ------------------------------------------------------------------------------------
     extra = [name for name, child in model.named_children()
              if name not in known and any(True for _ in child.parameters())]
     if extra:
@@ -263,7 +271,8 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
     Raises:
         ValueError: a projector other than ``mlp2x_gelu``; a tower/feature selection HF cannot
             express; an LLM or tower that ``AutoModel.from_config`` does not rebuild; parameters
-            outside llm/visual_encoder/projector; an image processor sized for another resolution.
+            outside llm/visual_encoder/projector (and MoCa, written to ``moca.safetensors``); an
+            image processor sized for another resolution.
         FileExistsError: ``out_dir`` is non-empty and ``overwrite`` is False (or it is not an export).
     """
     from accelerate import init_empty_weights
@@ -334,6 +343,9 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
     try:
         hf_model.save_pretrained(tmp_dir, safe_serialization=True, max_shard_size=max_shard_size)
         saved = _save_processing(tmp_dir, tokenizer, image_processor, strategy, tower, image_token)
+        moca_files = _save_moca(model, tmp_dir, image_token_id)  # MoCa: [] without it
+        if moca_files:
+            saved.append('moca')
         info = dict(
             source_config=None if source_config is None else str(source_config),
             source_checkpoint=None if source_checkpoint is None else str(source_checkpoint),
@@ -346,6 +358,8 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
             vision_feature_layer=tower.select_layer, vision_feature_select_strategy=strategy,
             select_feature=tower.select_feature, num_prefix_tokens=tower.num_prefix_tokens,
             saved=saved,
+            moca=dict(files=moca_files, load='mllm_align.align.moca.attach_moca_to_hf(model, export_dir)')
+            if moca_files else None,
             note=('mllm_align pads images to square with the image mean before the image processor; '
                   "HF's LlavaProcessor does not. Feed square images to reproduce mllm_align inputs."),
             versions=_versions())
@@ -360,6 +374,31 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
               f'{image_token!r}={image_token_id}, {tower.num_tokens} tokens per image, strategy {strategy!r}, '
               f'saved {", ".join(saved)})', logger='current')
     return out_dir
+
+
+# --- MoCa ----------------------------------------------------------------------------------------
+def _save_moca(model: LLaVAModel, out_dir: Path, image_token_id: int) -> list[str]:
+    """Write the model's MoCa (if any) beside the HF weights; returns the file names written.
+
+    LlavaForConditionalGeneration has no place for MoCa, so its u, v go to ``moca.safetensors`` +
+    ``moca_config.json``; ``mllm_align.align.moca.attach_moca_to_hf(hf_model, out_dir)`` re-attaches
+    them after ``from_pretrained`` (without it the export runs uncalibrated).
+    """
+    from ..align.moca import MoCa, save_moca_for_hf
+    moca = getattr(model, 'moca', None)
+    if not isinstance(moca, MoCa):
+        return []
+    print_log('The model has MoCa: saved to moca.safetensors beside the HF weights; load the export with '
+              'LlavaForConditionalGeneration.from_pretrained(d) then '
+              'mllm_align.align.moca.attach_moca_to_hf(model, d).', logger='current', level=logging.WARNING)
+    return save_moca_for_hf(moca, out_dir, image_token_id=image_token_id)
+
+
+def _attach_moca_if_exported(hf_model: nn.Module, hf_dir: str | os.PathLike) -> None:
+    from ..align.moca import MOCA_WEIGHTS_NAME, attach_moca_to_hf
+    if (Path(hf_dir) / MOCA_WEIGHTS_NAME).is_file():
+        attach_moca_to_hf(hf_model, hf_dir)
+# --- end MoCa ------------------------------------------------------------------------------------
 
 
 def _grow_vocab(hf_model: nn.Module, new_vocab: int) -> None:
@@ -434,7 +473,8 @@ def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: t
             placeholder, then ``prompt`` tokenized by ``model.tokenizer`` (or fixed ids without one).
         prompt: text of the default sample.
         seed: seed of the default image.
-        hf_model: an already loaded export (skips loading ``hf_dir``).
+        hf_model: an already loaded export (skips loading ``hf_dir``; attach an exported MoCa to it
+            yourself; when loading here, a MoCa in ``hf_dir`` is attached).
 
     Returns:
         The maximum absolute logit difference over all positions.
@@ -458,6 +498,7 @@ def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: t
             str(hf_dir), dtype=next(model.llm.parameters()).dtype,
             attn_implementation=attn if attn in ('eager', 'sdpa') else None)
         hf_model.to(device)
+        _attach_moca_if_exported(hf_model, hf_dir)  # MoCa: re-attached when the export carries one
     hf_model.eval()
     was_training = model.training
     model.eval()
