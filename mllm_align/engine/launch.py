@@ -130,6 +130,8 @@ def _to_deepspeed(cfg: Config, stage: DeepSpeedChoice) -> None:
     cfg.strategy = deepspeed_strategy(stage, gradient_accumulation_steps=accumulative,
                                       bf16=optim.get('dtype', 'bfloat16') != 'float16')
     cfg.optim_wrapper = ConfigDict(type='DeepSpeedOptimWrapper', optimizer=optim.optimizer)
+    if optim.get('paramwise_cfg') is not None:  # e.g. MoCa's no-decay parameters
+        cfg.optim_wrapper.paramwise_cfg = optim.paramwise_cfg
     cfg.runner_type = 'FlexibleRunner'
 
 
