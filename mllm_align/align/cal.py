@@ -60,8 +60,8 @@ import torch.nn.functional as F
 from ..constants import IGNORE_INDEX
 from ..models.splice import MultimodalInputs
 
-__all__ = ['CAL', 'cal_loss', 'cal_token_weights', 'cal_token_weights_from_gold',
-           'drop_image_tokens']
+__all__ = ['CAL', 'cal_loss', 'cal_token_weights', 'cal_token_weights_from_gold', 'drop_image_tokens',
+           'gather_gold_logits', 'gold_token_ids']
 
 Pooling = Literal['sample', 'flat']
 NoImagePass = Literal['drop', 'mask']
