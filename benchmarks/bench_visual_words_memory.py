@@ -22,10 +22,8 @@ Each variant runs in two fresh processes (OMP_NUM_THREADS=1 by default), one per
 
 * memory: the RSS high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) over two steps minus
   the RSS after the inputs are built (libraries imported first), so it counts everything the step
-  allocates, the gradient of the logits included. This process runs with
-  ``MALLOC_MMAP_THRESHOLD_=65536``: glibc then serves every block over 64 KiB with mmap and returns
-  it on free, so RSS follows the live tensors (with glibc's default dynamic threshold, freed
-  mid-size blocks stay in the heap and the high-water mark also measures fragmentation).
+  allocates, the gradient of the logits included; glibc's mmap threshold is lowered so that RSS follows
+  the live tensors (``_common.run_child``).
 * time: best of 3 steps after one warm-up, with the default allocator.
 
 Prints a markdown table for ``docs/benchmarks.md``.
@@ -34,15 +32,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import measure_step, run_variants  # noqa: E402
+
 VARIANTS = ('vw', 'gathered', 'dense', 'seed', 'ce', 'ce+vw', 'ce+dense')
 
 
@@ -59,11 +56,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--child', choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument('--measure', choices=['memory', 'time'], default='time', help=argparse.SUPPRESS)
     return parser.parse_args()
-
-
-def _rss_kb() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
 
 
 def _losses(variant: str, logits, embeds, weight, image_mask, labels):
@@ -112,8 +104,6 @@ def _losses(variant: str, logits, embeds, weight, image_mask, labels):
 
 
 def child(args: argparse.Namespace) -> None:
-    import resource
-
     import torch
 
     import mllm_align.align  # noqa: F401 - imported before the baseline RSS is read
@@ -128,23 +118,11 @@ def child(args: argparse.Namespace) -> None:
     image_mask[:, 1:1 + args.slots] = True  # BOS, then the image
     labels = torch.randint(0, V, (B, L))
     labels[:, :1 + args.slots] = -100
-    base = _rss_kb()
-    times, value = [], None
-    for i in range(2 if args.measure == 'memory' else 4):
+    def zero_grad() -> None:
         for t in (logits, embeds, weight):
             t.grad = None
-        start = time.perf_counter()
-        loss = _losses(args.child, logits, embeds, weight, image_mask, labels)
-        loss.backward()
-        if i:
-            times.append(time.perf_counter() - start)
-        value = float(loss.detach())
-        del loss
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if args.measure == 'memory':
-        print('BENCH ' + json.dumps(dict(peak_mib=(peak - base) / 1024, loss=value)))
-    else:
-        print('BENCH ' + json.dumps(dict(step_s=min(times), loss=value)))
+
+    measure_step(lambda: _losses(args.child, logits, embeds, weight, image_mask, labels), zero_grad, args.measure)
 
 
 def main() -> None:
@@ -152,21 +130,8 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(REPO))
-    results = {}
-    for variant in args.variants:
-        results[variant] = {}
-        for measure in ('memory', 'time'):
-            cmd = [sys.executable, __file__, '--child', variant, '--measure', measure, '--batch', str(args.batch),
-                   '--length', str(args.length), '--vocab', str(args.vocab), '--hidden', str(args.hidden),
-                   '--slots', str(args.slots), '--threads', str(args.threads)]
-            child_env = dict(env, MALLOC_MMAP_THRESHOLD_='65536') if measure == 'memory' else env
-            out = subprocess.run(cmd, cwd=REPO, env=child_env, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f'{variant} ({measure}) failed:\n{out.stderr[-3000:]}')
-            line = [ln for ln in out.stdout.splitlines() if ln.startswith('BENCH ')][-1]
-            results[variant].update(json.loads(line[len('BENCH '):]))
-        print(f'{variant}: {results[variant]}', file=sys.stderr)
+    options = dict(batch=args.batch, length=args.length, vocab=args.vocab, hidden=args.hidden, slots=args.slots)
+    results = run_variants(__file__, args.variants, options, args.threads)
 
     B, L, V = args.batch, args.length, args.vocab
     print(f'\nB={B}, L={L}, V={V}, D={args.hidden}, {args.slots} image slots per sample; one [B, L, V] float32 '

@@ -54,6 +54,7 @@ from torch import nn
 
 from ..constants import IMAGE_TOKEN_INDEX
 from ..metrics.mir import MIRAccumulator, MIRResult, SqrtMode
+from ..align.moca import MOCA_WEIGHTS_NAME, load_moca
 from .builders import resolve_pad_token_id
 from .splice import MultimodalInputs, splice_image_features
 
@@ -320,19 +321,28 @@ class HFLlavaModel(nn.Module):
     and strategy, projector) and splices them with :func:`splice_image_features`; ``run_llm`` runs the
     language model (``model.language_model``) on the spliced embeddings. This is what
     ``LlavaForConditionalGeneration.forward`` does with ``image_seq_length`` ``<image>`` tokens,
-    without needing the expanded ids. The wrapped model is not modified.
+    without needing the expanded ids.
+
+    A MoCa-trained export (``moca.safetensors`` beside the weights) is calibrated as in training:
+    :meth:`from_pretrained` re-attaches MoCa to the language model's decoder layers and
+    :meth:`run_llm` gives it the spliced batch's image mask, so MIR of the export equals MIR of the
+    trained ``LLaVAModel``.
 
     Args:
         hf_model: the loaded ``LlavaForConditionalGeneration``.
         tokenizer: its tokenizer.
         template: the mllm_align chat template the model was trained with.
+        moca: a :class:`~mllm_align.align.moca.MoCa` already attached to ``hf_model``'s language model
+            (None: no calibration).
     """
 
-    def __init__(self, hf_model: nn.Module, tokenizer: Any = None, template: str | None = None) -> None:
+    def __init__(self, hf_model: nn.Module, tokenizer: Any = None, template: str | None = None,
+                 moca: nn.Module | None = None) -> None:
         super().__init__()
         self.hf_model = hf_model
         self.tokenizer = tokenizer
         self.template = template
+        self.moca = moca
 
     @property
     def llm(self) -> nn.Module:
@@ -350,6 +360,7 @@ class HFLlavaModel(nn.Module):
 
         The template is ``template`` if given, else the ``model.template`` of the mllm_align config
         recorded in the directory's ``mllm_align_export.json`` (written by ``tools/convert_to_hf.py``).
+        A MoCa export in the directory is loaded and attached (see the class docstring).
 
         Raises:
             ValueError: not a Llava directory, or no template can be found.
@@ -372,7 +383,12 @@ class HFLlavaModel(nn.Module):
         kwargs = {} if dtype is None else dict(dtype=dtype)
         hf_model = LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        return cls(hf_model, tokenizer, template)
+        moca = None
+        if (path / MOCA_WEIGHTS_NAME).is_file():
+            moca = load_moca(path).to(device)
+            moca.attach(hf_model.model.language_model)
+            print_log(f'{path}: MoCa export found and attached ({moca.num_layers} layers).', logger='current')
+        return cls(hf_model, tokenizer, template, moca)
 
     def prepare_inputs(self, data: dict) -> MultimodalInputs:
         """Spliced inputs: ``input_ids [B, T]`` with placeholders, ``attention_mask``, ``pixel_values [N, 3, H, W]``."""
@@ -392,6 +408,8 @@ class HFLlavaModel(nn.Module):
     def run_llm(self, inputs: MultimodalInputs, **kwargs: Any) -> Any:
         """The language model on spliced inputs (``.hidden_states`` with ``output_hidden_states=True``)."""
         kwargs.pop('logits_to_keep', None)  # the decoder computes no logits
+        if self.moca is not None:
+            self.moca.set_image_mask(inputs.image_mask)
         return self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
                         position_ids=inputs.position_ids, use_cache=False, **kwargs)
 

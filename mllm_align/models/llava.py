@@ -16,6 +16,7 @@ unfrozen towers, plug-in parameters); the frozen base is rebuilt from the config
 """
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from typing import Any, Literal
 
@@ -150,6 +151,10 @@ class LLaVAModel(BaseModel):
                                          vocab_size=self.embed_tokens.weight.shape[0])
         if self.visual_words is not None:
             self.visual_words.attach(self.llm)  # vm_head init from the LLM, if configured
+        # HF `logits_to_keep` (a tensor of positions): the plain LM loss then runs lm_head only where
+        # a label is predicted (see compute_loss).
+        base_llm = self.llm.get_base_model() if hasattr(self.llm, 'get_base_model') else self.llm
+        self._logits_to_keep = 'logits_to_keep' in inspect.signature(type(base_llm).forward).parameters
         if gradient_checkpointing:
             self.llm.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={'use_reentrant': False})
@@ -226,10 +231,19 @@ class LLaVAModel(BaseModel):
         raise ValueError(f"Unknown mode {mode!r}: LLaVAModel.forward accepts 'loss', 'predict' or 'tensor'.")
 
     def compute_loss(self, data: dict) -> dict[str, torch.Tensor]:
-        """Next-token cross-entropy over supervised tokens: ``{'loss_lm': mean CE}``."""
+        """Next-token cross-entropy over supervised tokens: ``{'loss_lm': mean CE}``, plus the plug-ins' losses.
+
+        Without CAL and visual words (which read logits at every position), the LLM computes logits only
+        at the positions that predict a label in some sample of the batch (HF ``logits_to_keep``): in
+        pre-training that skips lm_head and the ``[B, L, V]`` logits over the image and prompt tokens.
+        """
         inputs = self.prepare_inputs(data)
         if inputs.labels is None:
             raise ValueError("mode='loss' needs `labels` in the batch.")
+        if self.cal is None and self.visual_words is None and self._logits_to_keep:
+            positions = supervised_positions(inputs.labels)  # (P,)
+            logits = self.run_llm(inputs, logits_to_keep=positions).logits  # (B, P, V)
+            return {'loss_lm': causal_lm_loss(logits, inputs.labels, positions)}
         logits = self.run_llm(inputs).logits  # (B, L, V)
         if self.cal is not None:
             losses = dict(self.cal.compute_loss(self, inputs, logits))
@@ -296,17 +310,31 @@ class LLaVAModel(BaseModel):
         print_log('Parameters — ' + '; '.join(rows), logger='current')
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, L] -> [P]``: sorted positions t whose next label ``labels[:, t + 1]`` is supervised in at least
+    one sample (the rows of the logits a causal LM loss reads)."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy: position t predicts ``labels[t + 1]``; ``IGNORE_INDEX`` skipped.
 
+    loss = 1/|S| Σ_{(b,t)∈S} −log softmax(logits[b, t])[labels[b, t+1]],  S = {(b, t): labels[b, t+1] ≠ ignore}.
+    Only the rows in S are upcast to float32 (never a float32 copy of the whole ``[B, L, V]``).
+
     Args:
-        logits: ``[B, L, V]``.
+        logits: ``[B, L, V]``, or ``[B, P, V]`` at ``positions`` (HF ``logits_to_keep``).
         labels: ``[B, L]``.
+        positions: ``[P]`` sequence positions of the logits' rows (e.g. :func:`supervised_positions`);
+            None: every position.
     """
-    shift_logits = logits[:, :-1].float()  # (B, L-1, V)
-    shift_labels = labels[:, 1:]  # (B, L-1)
-    if not (shift_labels != IGNORE_INDEX).any():
+    if positions is None:
+        logits, targets = logits[:, :-1], labels[:, 1:]  # (B, L-1, V), (B, L-1)
+    else:
+        targets = labels[:, positions + 1]  # (B, P)
+    supervised = targets != IGNORE_INDEX
+    if not supervised.any():
         # No supervised token in the batch: a zero loss that still touches the graph.
-        return shift_logits.sum() * 0.0
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[supervised].float(), targets[supervised])

@@ -265,3 +265,33 @@ def test_hf_llava_export_gives_the_same_rows(llama, probe_dirs, processor, tmp_p
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match='pass --template'):
         HFLlavaModel.from_pretrained(out)
+
+
+def test_hf_llava_export_reattaches_moca(tiny_assets, probe_dirs, processor, tmp_path):
+    """A MoCa-trained model: MIR rows of its HF export equal the LLaVAModel's (MoCa re-attached)."""
+    from mllm_align.align import MoCa
+    from mllm_align.align.moca import MOCA_WEIGHTS_NAME
+    from mllm_align.models.export import export_llava_to_hf
+    torch.manual_seed(0)
+    model = LLaVAModel(llm=dict(type=load_llm, path=str(tiny_assets.llm('llama'))),
+                       visual_encoder=dict(type=VisionTower, path=str(tiny_assets.vision('clip'))),
+                       tokenizer=dict(type=load_tokenizer, path=str(tiny_assets.llm('llama'))),
+                       template='plain', moca=dict(type=MoCa)).eval()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # a trained-looking calibration
+        model.moca.u.add_(torch.randn(model.moca.u.shape, generator=gen) * 0.3)
+        model.moca.v.add_(torch.randn(model.moca.v.shape, generator=gen) * 0.3)
+    out = export_llava_to_hf(model, tmp_path / 'hf', image_processor=processor)
+    probe = _probe(probe_dirs, processor, eval_num=2)
+    hf = HFLlavaModel.from_pretrained(out, template='plain')
+    assert hf.moca is not None
+    rows = list(iter_modality_hidden_states(model, probe))
+    for (va, ta), (vb, tb) in zip(rows, iter_modality_hidden_states(hf, probe)):
+        for x, y in zip(va + ta, vb + tb):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+    # control: the same export without its MoCa files gives different vision rows
+    (out / MOCA_WEIGHTS_NAME).unlink()
+    plain = HFLlavaModel.from_pretrained(out, template='plain')
+    assert plain.moca is None
+    (va, _), (vb, _) = rows[0], next(iter(iter_modality_hidden_states(plain, probe)))
+    assert max((x - y).abs().max().item() for x, y in zip(va, vb)) > 1e-2

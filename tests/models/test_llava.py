@@ -161,3 +161,54 @@ def test_dinov2_tower_drops_cls(tiny_assets):
     tower = VisionTower(str(tiny_assets.vision_dinov2))
     assert tower.num_prefix_tokens == 1
     assert tower(torch.randn(1, 3, 32, 32)).shape == (1, 16, 64)
+
+
+def _loss_and_grads(model, data):
+    model.zero_grad()
+    loss = model(data, mode='loss')['loss_lm']
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize('lora', [False, True])
+def test_kept_logits_path_equals_full_logits(model_dirs, lora):
+    """logits_to_keep at supervised positions: same loss and gradients as full [B, L, V] logits."""
+    kwargs = dict(llm_lora=dict(r=4, lora_alpha=8, target_modules=['q_proj', 'v_proj'])) if lora else {}
+    torch.manual_seed(0)
+    model = _model(model_dirs, **kwargs)
+    assert model._logits_to_keep
+    data = _batch()
+    seen = []
+    model.llm.register_forward_hook(lambda m, a, kw, out: seen.append(out.logits.shape), with_kwargs=True)
+    fast, fast_grads = _loss_and_grads(model, data)
+    model._logits_to_keep = False
+    full, full_grads = _loss_and_grads(model, data)
+    # positions 5, 6 (sample 0 predicts 6, 7) and 1 (sample 1 predicts 9) of the 8-long spliced batch
+    assert seen == [(2, 3, 64), (2, 8, 64)]
+    torch.testing.assert_close(fast, full, rtol=1e-6, atol=1e-6)
+    assert fast_grads.keys() == full_grads.keys() and fast_grads
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], full_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_causal_lm_loss_against_float64_reference():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11, dtype=torch.bfloat16)
+    labels = torch.tensor([[IGN, IGN, 3, 4, IGN, IGN], [IGN, 7, IGN, IGN, IGN, 10]])
+    terms = [-torch.log_softmax(logits[b, t].double(), -1)[labels[b, t + 1]]
+             for b in range(2) for t in range(5) if labels[b, t + 1] != IGN]
+    ref = torch.stack(terms).mean()
+    from mllm_align.models import causal_lm_loss, supervised_positions
+    full = causal_lm_loss(logits, labels)
+    positions = supervised_positions(labels)
+    assert positions.tolist() == [0, 1, 2, 4]
+    kept = causal_lm_loss(logits[:, positions], labels, positions)
+    assert full.dtype == torch.float32
+    torch.testing.assert_close(full.double(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kept, full)
+    # no supervised token: a zero that still reaches the graph
+    empty = torch.full_like(labels, IGN)
+    w = torch.ones((), requires_grad=True)
+    zero = causal_lm_loss(logits.float() * w, empty, supervised_positions(empty))
+    zero.backward()
+    assert zero.item() == 0.0 and w.grad is not None
