@@ -6,6 +6,7 @@ One checkpoint:
     python tools/eval_mir.py work_dirs/run/iter_2000.pth --config CONFIG
 An HF LlavaForConditionalGeneration directory written by tools/convert_to_hf.py:
     python tools/eval_mir.py hf_out/ --images IMAGES_DIR [--template vicuna_v1]
+(a MoCa export in that directory, moca.safetensors, is re-attached as in training)
 Paper-comparable setting (100 TextVQA images, CNN/DailyMail stories):
     python tools/eval_mir.py RUN --config CONFIG --images textvqa/train_images \
         --texts cnn/stories --eval-num 100 --device cuda --dtype bfloat16

@@ -27,6 +27,22 @@ Known exceptions, all rare in LLaVA data:
   With a SentencePiece (LLaMA-2 / Vicuna) tokenizer each segment gets its own dummy-prefix ``▁``,
   so ids can differ from whole-string tokenization at segment starts, as in LLaVA's
   ``preprocess_v1``. ``plain`` has no chat template to compare with.
+* ``mistral``: here the segments ARE the reference. mistral-common (Mistral's tokenizer library,
+  the ground truth for the v1 SentencePiece tokenizer of Mistral-7B-Instruct v0.1/v0.2) encodes
+  each message on its own: BOS, ``encode('[INST] q [/INST]')``, ``encode(reply)``, EOS, … where
+  every ``encode`` adds SentencePiece's dummy-prefix ``▁``. ``encode_conversation`` cuts the text
+  at the same places, so its ids equal mistral-common's (training conversations and generation
+  prompts, with and without a system message; ``tests/data/fixtures/mistral``) for a tokenizer
+  that adds the ``▁`` at the start of every text span, also right after ``<s>``/``</s>``:
+  SentencePiece itself, ``LlamaTokenizer`` and ``LlamaTokenizerFast`` with ``legacy=True`` (the
+  default). Known exceptions: (1) a ``legacy=False`` fast tokenizer (``Metaspace`` with
+  ``prepend_scheme='first'``) adds no ``▁`` after ``<s>``, so the second id is ``[`` instead of
+  ``▁[``, and a reply that starts with a space loses one ``▁``; (2) ``<s>``, ``</s>``, ``<unk>``
+  typed inside a message are special tokens to HF tokenizers but text to mistral-common;
+  (3) images: mistral-common's v1 tokenizer has none; ``<image>`` cuts a segment, so the text after
+  it gets its own ``▁`` (as with LLaVA's ``tokenizer_image_token`` on LLaMA-2). Tokenizing the
+  rendered text as ONE string gives other ids (no ``▁`` before a reply or after ``</s>``), which
+  is why Mistral's updated chat template writes those spaces out (see below).
 
 Reference formats (rendered text, checked in ``tests/data/test_templates.py``):
 
@@ -41,6 +57,13 @@ Reference formats (rendered text, checked in ``tests/data/test_templates.py``):
 * ``qwen2``: Qwen2-Instruct ChatML, with the default system ``You are a helpful assistant.``.
 * ``phi3``: Phi-3-mini-instruct (``<|user|>\\n…<|end|>\\n``), ending a training conversation with
   the tokenizer's EOS as the official template does.
+* ``mistral``: Mistral-7B-Instruct v0.1/v0.2 and VW-LMM's ``mistral`` conversation:
+  ``{bos}[INST] {q} [/INST]{a}</s>[INST] {q2} [/INST]{a2}</s>``; a generation prompt ends after
+  ``[/INST]``. No default system prompt; a system message is merged into the first user turn as
+  ``{system}\\n\\n{q}`` (mistral-common; :attr:`ChatTemplate.system_into_first_user`). The text is
+  that of Mistral's first v0.2 chat template (which rejects system messages). Mistral's updated
+  template renders ``<s> [INST] {q} [/INST] {a}</s> [INST] …``, spelling out the dummy prefixes
+  for whole-string tokenization with a ``legacy=False`` tokenizer: the same ids as here.
 """
 from __future__ import annotations
 
@@ -89,7 +112,7 @@ class ChatTemplate:
     Args:
         name: registry name.
         prefix: start of every conversation (e.g. ``'{bos}'``), not supervised.
-        system: the system block, with ``{system}``; not supervised.
+        system: the system block, with ``{system}``; not supervised (see ``system_into_first_user``).
         default_system: system text used when the conversation has none (None: no system block).
         user: a user turn, with ``{content}``; not supervised.
         assistant: the assistant header before each reply; not supervised.
@@ -99,6 +122,10 @@ class ChatTemplate:
         stop_words: strings that end a generated reply (besides the tokenizer's EOS).
         strip_content: strip whitespace around every message (Llama-3's ``| trim``).
         images_only_user: keep only the ``<image>`` placeholders of user turns (``plain``).
+        system_into_first_user: the formats without a system role (Mistral v1): instead of a
+            block of its own, the filled ``system`` piece is put in front of the FIRST user
+            turn's text, inside ``user``'s ``{content}`` (``system='{system}\\n\\n'`` gives
+            mistral-common's ``system + "\\n\\n" + content``). Without a user turn it is dropped.
     """
 
     name: str
@@ -113,6 +140,7 @@ class ChatTemplate:
     stop_words: tuple[str, ...] = ()
     strip_content: bool = False
     images_only_user: bool = False
+    system_into_first_user: bool = False
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         """Ids that end generation: each stop word that is a single token, plus the EOS id."""
@@ -162,6 +190,9 @@ register_template(ChatTemplate(
     name='phi3', system='<|system|>\n{system}<|end|>\n', user='<|user|>\n{content}<|end|>\n',
     assistant='<|assistant|>\n', reply='{content}<|end|>', turn_sep='\n', suffix='{eos}',
     stop_words=('<|end|>', '<|endoftext|>')))
+register_template(ChatTemplate(
+    name='mistral', prefix='{bos}', system='{system}\n\n', system_into_first_user=True,
+    user='[INST] {content} [/INST]', reply='{content}{eos}', stop_words=('</s>',)))
 
 
 def get_template(name: str | ChatTemplate) -> ChatTemplate:
@@ -240,16 +271,21 @@ def _pieces(turns: list[tuple[str, str]], tokenizer: Any, tpl: ChatTemplate, sys
         turns = turns[1:]
     else:
         system_text = system if system is not None else tpl.default_system
+    system_block = ''
     if system_text is not None and tpl.system:
         if tpl.strip_content:
             system_text = system_text.strip()
-        pieces.append((_fill(tpl.system, 'system', system_text, tokenizer), False))
+        system_block = _fill(tpl.system, 'system', system_text, tokenizer)
+    if not tpl.system_into_first_user:
+        pieces.append((system_block, False))
     for role, text in turns:
         if tpl.strip_content:
             text = text.strip()
         if role == 'user':
             if tpl.images_only_user:
                 text = DEFAULT_IMAGE_TOKEN * text.count(DEFAULT_IMAGE_TOKEN)
+            if tpl.system_into_first_user:
+                text, system_block = system_block + text, ''
             pieces.append((_fill(tpl.user, 'content', text, tokenizer), False))
         else:
             if DEFAULT_IMAGE_TOKEN in text:

@@ -1,7 +1,10 @@
-"""Chat templates vs the tokenizers' own chat templates, the real templates, and hand-worked masks."""
+"""Chat templates vs the tokenizers' own chat templates, the real templates, hand-worked masks,
+and (``mistral``) the token ids of Mistral's own tokenizer, mistral-common (fixtures/mistral/)."""
 from __future__ import annotations
 
 import functools
+import gzip
+import hashlib
 import json
 import os
 import time
@@ -49,7 +52,7 @@ def llava_turns(messages):
 
 # ------------------------------------------------------------------------------ registry
 def test_registered_templates():
-    assert {'plain', 'vicuna_v1', 'llama3', 'qwen2', 'phi3'} <= set(TEMPLATES)
+    assert {'plain', 'vicuna_v1', 'llama3', 'qwen2', 'phi3', 'mistral'} <= set(TEMPLATES)
     assert get_template('qwen2') is TEMPLATES['qwen2']
     assert get_template(TEMPLATES['phi3']) is TEMPLATES['phi3']
     with pytest.raises(ValueError, match=r"Unknown chat template 'chatml'.*'llama3'.*'qwen2'"):
@@ -65,6 +68,7 @@ def test_stop_words():
     assert get_template('llama3').stop_words[0] == '<|eot_id|>'
     assert get_template('phi3').stop_words[0] == '<|end|>'
     assert get_template('vicuna_v1').stop_words == ('</s>',)
+    assert get_template('mistral').stop_words == ('</s>',)
     tok = tiny('qwen2')
     ids = get_template('qwen2').stop_token_ids(tok)
     assert ids[0] == tok.convert_tokens_to_ids('<|im_end|>')
@@ -304,6 +308,152 @@ def test_tiny_tokenizer_rejects_bad_arguments():
         build_tiny_tokenizer('gpt2', ['x'])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match='too small'):
         build_tiny_tokenizer('qwen2', ['x'], vocab_size=100)
+
+
+# ------------------------------------------------------------------------------ mistral: text
+def test_mistral_hand_worked_text():
+    """VW-LMM's `mistral` conversation: ``[INST] q [/INST]a</s>`` per round, BOS first, no system."""
+    tok = tiny('vicuna')  # any tokenizer with <s>/</s>
+    assert render_conversation(CONVERSATIONS[0], tok, 'mistral') == \
+        '<s>[INST] What is in the image? [/INST]A red circle on the left.</s>'
+    assert render_conversation(CONVERSATIONS[1], tok, 'mistral') == (
+        '<s>[INST] Hello there! [/INST]Hi! How are you today?</s>'
+        '[INST] How many  objects are there?\nAnswer briefly. [/INST]There are 3 objects.</s>')
+    assert render_conversation(CONVERSATIONS[1][:-1], tok, 'mistral', add_generation_prompt=True) == (
+        '<s>[INST] Hello there! [/INST]Hi! How are you today?</s>'
+        '[INST] How many  objects are there?\nAnswer briefly. [/INST]')
+
+
+def test_mistral_system_goes_into_the_first_user_turn_only():
+    tok = tiny('vicuna')
+    expected = ('<s>[INST] You answer with one word.\n\nWhich shape is blue?   [/INST] square</s>'
+                '[INST] And the {red} one, "quoted"? [/INST]circle — naïve café 123.</s>')
+    assert render_conversation(CONVERSATIONS[2], tok, 'mistral') == expected
+    # the `system` argument is used the same way; there is no default system prompt
+    turns = llava_turns(CONVERSATIONS[2][1:])
+    assert render_conversation(turns, tok, 'mistral', system='You answer with one word.') == expected
+    assert render_conversation(turns, tok, 'mistral').startswith('<s>[INST] Which shape is blue?')
+    # other templates keep their own system block
+    assert render_conversation(CONVERSATIONS[2], tok, 'vicuna_v1').startswith(
+        '<s>You answer with one word. USER: Which shape is blue?')
+
+
+def test_mistral_image_in_first_turn_is_one_placeholder():
+    tok = tiny('vicuna')
+    turns = [{'from': 'system', 'value': 'Be brief.'},
+             {'from': 'human', 'value': '<image>\nWhat colour is it?'}, {'from': 'gpt', 'value': 'Red.'},
+             {'from': 'human', 'value': 'And the shape?'}, {'from': 'gpt', 'value': 'A circle.'}]
+    assert render_conversation(turns, tok, 'mistral') == (
+        '<s>[INST] Be brief.\n\n<image>\nWhat colour is it? [/INST]Red.</s>'
+        '[INST] And the shape? [/INST]A circle.</s>')
+    ids, labels = encode_conversation(turns, tok, 'mistral')
+    assert ids.count(IMAGE_TOKEN_INDEX) == 1 and labels[ids.index(IMAGE_TOKEN_INDEX)] == IGNORE_INDEX
+    assert [tok.decode(s) for s in _supervised_spans(ids, labels)] == ['Red.</s>', 'A circle.</s>']
+    prompt = build_generation_prompt(turns[:2], tok, 'mistral')
+    assert prompt.count(IMAGE_TOKEN_INDEX) == 1
+    assert tok.decode([i for i in prompt if i != IMAGE_TOKEN_INDEX]).endswith('What colour is it? [/INST]')
+
+
+@pytest.mark.parametrize('conv', range(len(CONVERSATIONS)))
+def test_real_mistral_templates(conv):
+    """Same text as Mistral's first v0.2 template; its updated one only spells out the dummy-prefix spaces."""
+    tok = tiny('vicuna')
+    messages = CONVERSATIONS[conv]
+    for which in ('mistral_v02_original', 'mistral_v02'):
+        assert (tok.bos_token, tok.eos_token) == (REAL[which]['bos_token'], REAL[which]['eos_token'])
+    for msgs, gen in ((messages, False), (messages[:-1], True)):
+        ours = render_conversation(msgs, tok, 'mistral', add_generation_prompt=gen)
+        if msgs[0]['role'] != 'system':  # the first template rejects system messages
+            assert ours == _real(msgs, tok, 'mistral_v02_original', gen)
+        updated = _real(msgs, tok, 'mistral_v02', gen)
+        assert updated.startswith('<s> [INST] ')
+        assert updated.replace('<s> [INST] ', '<s>[INST] ').replace('</s> [INST] ', '</s>[INST] ') \
+            .replace(' [/INST] ', ' [/INST]') == ours
+
+
+# ------------------------------------------------------------------------------ mistral: ids
+MISTRAL = json.loads((FIXTURES / 'mistral' / 'reference.json').read_text(encoding='utf-8'))
+MISTRAL_CASES = {case['name']: case for case in MISTRAL['cases']}
+SP_IDS = {item['text']: item['ids'] for item in MISTRAL['sentencepiece_ids']}
+
+
+@functools.lru_cache(maxsize=None)
+def mistral_tokenizer(legacy: bool = True):
+    """Mistral's v1 SentencePiece model as ``LlamaTokenizerFast`` (see fixtures/mistral/generate.py).
+
+    ``legacy=False`` rebuilds it the way transformers' converter does for ``legacy=False``
+    (no normalizer, ``Metaspace`` with ``prepend_scheme='first'``).
+    """
+    from tokenizers import Tokenizer
+    from transformers import LlamaTokenizerFast
+    raw = gzip.decompress((FIXTURES / 'mistral' / 'tokenizer.json.gz').read_bytes())
+    assert hashlib.sha256(raw).hexdigest() == MISTRAL['tokenizer_json_sha256']
+    spec = json.loads(raw)
+    if not legacy:
+        spec['normalizer'] = None
+        spec['pre_tokenizer'] = {'type': 'Metaspace', 'replacement': '▁', 'prepend_scheme': 'first',
+                                 'split': False}
+    return LlamaTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token='<s>',
+                              eos_token='</s>', unk_token='<unk>', legacy=legacy)
+
+
+def test_mistral_fixture_tokenizer_is_sentencepiece():
+    tok = mistral_tokenizer()
+    assert (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (1, 2, 0)
+    assert len(tok) == 32000
+    for text, ids in SP_IDS.items():
+        assert tok.encode(text, add_special_tokens=False) == ids, text
+
+
+@pytest.mark.parametrize('name', sorted(MISTRAL_CASES))
+def test_mistral_ids_equal_mistral_common(name):
+    """Training conversation and generation prompt: the ids of mistral-common's InstructTokenizerV1."""
+    case, tok = MISTRAL_CASES[name], mistral_tokenizer()
+    messages = case['messages']
+    ids, labels = encode_conversation(messages, tok, 'mistral')
+    assert ids == case['ids']
+    assert encode_conversation(llava_turns(messages), tok, 'mistral') == (ids, labels)
+    # exactly each reply's SentencePiece ids (" a" via the dummy prefix) plus </s> are supervised
+    replies = [m['content'] for m in messages if m['role'] == 'assistant']
+    assert _supervised_spans(ids, labels) == [SP_IDS[r] + [2] for r in replies]
+    assert build_generation_prompt(llava_turns(messages[:-1]), tok, 'mistral') == case['prompt_ids']
+    assert get_template('mistral').stop_token_ids(tok) == [2]
+
+
+@pytest.mark.parametrize('name', sorted(MISTRAL_CASES))
+def test_mistral_updated_official_template_gives_the_same_ids(name):
+    """Mistral's updated template, tokenized as one string by a legacy=False tokenizer = mistral-common."""
+    case = MISTRAL_CASES[name]
+    tok = mistral_tokenizer(legacy=False)
+    text = _real(case['messages'], tok, 'mistral_v02', False)
+    assert tok(text, add_special_tokens=False)['input_ids'] == case['ids']
+
+
+def test_mistral_legacy_false_tokenizer_differs_after_bos():
+    """Documented exception: without the dummy prefix after <s>, the 2nd id is '[' not '▁['."""
+    tok = mistral_tokenizer(legacy=False)
+    for case in MISTRAL['cases']:
+        ids, _ = encode_conversation(case['messages'], tok, 'mistral')
+        replies = [m['content'] for m in case['messages'] if m['role'] == 'assistant']
+        if any(r.startswith(' ') for r in replies):
+            continue  # a leading space also loses its '▁' there
+        diff = [k for k, (a, b) in enumerate(zip(ids, case['ids'])) if a != b]
+        assert len(ids) == len(case['ids']) and diff == [1], case['name']
+        assert tok.convert_ids_to_tokens([ids[1], case['ids'][1]]) == ['[', '▁[']
+
+
+def test_mistral_real_tokenizer_image_placeholder():
+    tok = mistral_tokenizer()
+    turns = [{'from': 'human', 'value': '<image>\nWhat is in the image?'},
+             {'from': 'gpt', 'value': 'A red circle on the left.'}]
+    ids, labels = encode_conversation(turns, tok, 'mistral')
+    assert ids.count(IMAGE_TOKEN_INDEX) == 1
+    k = ids.index(IMAGE_TOKEN_INDEX)
+    # '<s>[INST] ' before the image, '\nWhat is in the image? [/INST]' after it (own dummy prefix)
+    assert ids[:k] == [1] + tok.encode('[INST] ', add_special_tokens=False)
+    assert ids[k + 1:k + 1 + len(tok.encode('\nWhat', add_special_tokens=False))] == \
+        tok.encode('\nWhat', add_special_tokens=False)
+    assert _supervised_spans(ids, labels) == [SP_IDS['A red circle on the left.'] + [2]]
 
 
 # ------------------------------------------------------------------------------ real vocabularies (optional)

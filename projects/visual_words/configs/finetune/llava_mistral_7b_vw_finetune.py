@@ -1,11 +1,10 @@
 """LLaVA-1.5-style stage 2 on Mistral-7B with visual words (VW-LMM-Mistral-7B).
 
 The LLaVA-1.5 SFT recipe with Mistral-7B-Instruct-v0.2 and the visual-word loss; starts from the
-Mistral stage-1 output (``pretrained_pth``: projector + ``vm_head``). The reference chats with its
-``mistral`` conversation format; mllm_align has no ``mistral`` chat template yet, so this recipe uses
-``vicuna_v1`` (USER:/ASSISTANT: turns closed by ``</s>``, which is also Mistral's EOS). Register a
-``mistral`` template (``mllm_align.data.register_template``) and set ``template`` to reproduce the
-reference's prompts exactly.
+Mistral stage-1 output (``pretrained_pth``: projector + ``vm_head``). Conversations use the
+``mistral`` template, the reference's ``mistral`` conversation format:
+``<s>[INST] {q} [/INST]{a}</s>[INST] …``, no system prompt; its token ids equal Mistral's own
+tokenizer (mistral-common) for text-only chats, see ``mllm_align/data/templates.py``.
 
     bash tools/dist.sh train projects/visual_words/configs/finetune/llava_mistral_7b_vw_finetune.py 8 --deepspeed deepspeed_zero2
 
@@ -37,7 +36,7 @@ visual_encoder_name_or_path = 'models/clip-vit-large-patch14-336'
 data_root = 'data/llava_data/'
 data_path = data_root + 'LLaVA-Instruct-665K/llava_v1_5_mix665k.json'
 image_folder = data_root + 'llava_images'  # coco/ gqa/ ocr_vqa/ textvqa/ vg/
-template = 'vicuna_v1'  # the reference uses `mistral`; mllm_align has no such template yet
+template = 'mistral'  # [INST] q [/INST]a</s>, as the reference
 # The stage-1 output this run starts from (projector + vm_head; saved by llava_mistral_7b_vw_pretrain.py).
 pretrained_pth = 'work_dirs/llava_mistral_7b_vw_pretrain/iter_2181.pth'
 max_length = 2048  # tokens after splicing (576 image tokens + text)

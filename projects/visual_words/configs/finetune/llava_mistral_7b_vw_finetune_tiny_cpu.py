@@ -4,7 +4,8 @@ What it trains: visual words, Mistral recipe (mllm_align/align/visual_words.py).
 
 Runs in about a minute on a laptop CPU. The tiny assets hold no Mistral model: the tiny
 LLaMA-architecture model with the LLaMA-2-style tokenizer (data/tiny/llm/vicuna) stands in
-(Mistral-7B is a LLaMA-style decoder with a LLaMA-2-like tokenizer).
+(Mistral-7B is a LLaMA-style decoder with a LLaMA-2-like tokenizer); its ``<s>``/``</s>`` are all
+the ``mistral`` chat template needs, so the twin uses the real recipe's template.
 
     python tools/build_tiny_assets.py   # once: tiny LLMs + CLIP + shapes dataset in data/tiny/
     bash tools/dist.sh train projects/visual_words/configs/finetune/llava_mistral_7b_vw_finetune_tiny_cpu.py 2 \
@@ -34,7 +35,7 @@ llm_name_or_path = data_root + 'llm/vicuna'  # stands in for Mistral (see above)
 visual_encoder_name_or_path = data_root + 'vision/clip'
 data_path = data_root + 'shapes/sft.json'  # multi-turn Q&A, text-only and two-image samples
 image_folder = data_root + 'shapes'
-template = 'vicuna_v1'  # the reference uses `mistral`; mllm_align has no such template yet
+template = 'mistral'  # [INST] q [/INST]a</s>, as the real recipe
 # The stage-1 output this run starts from (projector + vm_head, e.g.
 # 'work_dirs/llava_mistral_7b_vw_pretrain_tiny_cpu/iter_75.pth'); None trains both from their init.
 pretrained_pth = None
