@@ -82,7 +82,7 @@ def load_llm(path: str, dtype: DTypeName | torch.dtype = 'float32',
     """
     p = check_model_dir(path, 'LLM', 'llm_name_or_path')
     model = AutoModelForCausalLM.from_pretrained(
-        str(p), torch_dtype=resolve_dtype(dtype),
+        str(p), dtype=resolve_dtype(dtype),
         attn_implementation=check_attn_implementation(attn_implementation),
         trust_remote_code=trust_remote_code, gguf_file=gguf_file, **kwargs)
     return model
@@ -97,10 +97,16 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, **kwargs: Any) ->
     return tokenizer
 
 
-def load_image_processor(path: str, trust_remote_code: bool = False, **kwargs: Any) -> Any:
-    """Load the vision tower's HF image processor from a local directory."""
+def load_image_processor(path: str, trust_remote_code: bool = False, use_fast: bool = False,
+                         **kwargs: Any) -> Any:
+    """Load the vision tower's HF image processor from a local directory.
+
+    ``use_fast=False`` by default: the PIL/numpy processors are what the checkpoints were trained
+    with, and transformers' "fast" processors need torchvision, which this toolkit does not use.
+    """
     p = check_model_dir(path, 'Image processor', 'visual_encoder_name_or_path')
-    return AutoImageProcessor.from_pretrained(str(p), trust_remote_code=trust_remote_code, **kwargs)
+    return AutoImageProcessor.from_pretrained(str(p), trust_remote_code=trust_remote_code, use_fast=use_fast,
+                                              **kwargs)
 
 
 def load_config(path: str, trust_remote_code: bool = False) -> Any:
