@@ -47,6 +47,15 @@ output) and at vision-token positions only::
   ``forward``: this way the hidden states it reports are the calibrated ones the next layer sees.
   Gradient checkpointing recomputes through it. Parameter names of the LLM do not change.
   :meth:`MoCa.detach` restores the layers.
+* **DeepSpeed ZeRO-3.** u, v belong to ``model.moca``, whose own forward never runs; they are read
+  inside the decoder layers' (wrapped) forward. ZeRO-3 gathers a module's own parameters (not its
+  children's) before its forward and backward, so when the parameters are partitioned (they carry
+  ``ds_id``) :meth:`MoCa.set_image_mask` registers u, v as external parameters of every wrapped
+  layer (``deepspeed.zero.register_external_parameter``; :meth:`MoCa.detach` unregisters them):
+  each layer gathers them for its forward and backward. Without DeepSpeed nothing is imported or
+  registered. Checked on CPU with DeepSpeed's CPU accelerator against the same model without
+  DeepSpeed (losses, gradients of u, v and of the LLM, updated weights over two SGD steps; 1 and 2
+  processes): ``tools/check_zero3.py``, ``tests/align/test_zero3.py``.
 * **Weight decay.** Exclude u, v with ``paramwise_cfg=dict(custom_keys={'moca': dict(decay_mult=0.0)})``
   in ``optim_wrapper`` (:data:`NO_DECAY_PARAMWISE_CFG`); :meth:`MoCa.no_decay_names` lists them.
 * **Checkpoints.** u, v are trainable parameters of the child ``model.moca``: ``moca.u`` and
@@ -76,6 +85,8 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+
+from ._zero3 import zero3_gather_in, zero3_release_from
 
 __all__ = ['MoCa', 'attach_moca_to_hf', 'find_decoder_layers', 'load_moca', 'save_moca_for_hf',
            'MOCA_CONFIG_NAME', 'MOCA_WEIGHTS_NAME', 'NO_DECAY_PARAMWISE_CFG']
@@ -117,20 +128,6 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f'Cannot find the decoder layers of {type(model).__name__}: looked for '
                      f'get_decoder().layers and {", ".join(_LAYER_PATHS)}. Pass them explicitly: '
                      'moca.attach(llm, layers=llm.<path to the nn.ModuleList>).')
-
-
-def _zero3_register_external() -> Any:
-    """``deepspeed.zero.register_external_parameter`` when DeepSpeed is installed, else None.
-
-    u, v are read inside the decoder layers' forward, not MoCa's own: under ZeRO-3 each layer must
-    list them as external parameters so that they are gathered when it runs (not exercised by the
-    CPU tests: DeepSpeed needs GPUs).
-    """
-    try:
-        from deepspeed.zero import register_external_parameter
-    except Exception:  # not installed (CPU), or a broken install: plain DDP needs nothing
-        return None
-    return register_external_parameter
 
 
 class _VisionAffine(torch.autograd.Function):
@@ -198,7 +195,8 @@ class _CalibratedForward:
 class MoCa(nn.Module):
     """Per-layer, per-channel affine calibration of vision tokens: Eq. h ← u ⊙ h + v (MIR paper, MoCa).
 
-    See the module docstring for where it sits, the skip rules, export and loading.
+    See the module docstring for where it sits, the skip rules, export and loading, and how u, v are
+    gathered under DeepSpeed ZeRO-3 (registered with each wrapped layer; checked by ``tools/check_zero3.py``).
 
     Args:
         num_layers: K, the LLM's decoder layers (``LLaVAModel`` fills ``config.num_hidden_layers``).
@@ -271,14 +269,10 @@ class MoCa(nn.Module):
         if hidden is not None and hidden != self.hidden_size:
             raise ValueError(f'MoCa has hidden_size={self.hidden_size} but {type(llm).__name__} has hidden size '
                              f'{hidden}: build it with the LLM\'s config.hidden_size.')
-        register_external = _zero3_register_external()
         for k, layer in enumerate(layers):
             previous = layer.__dict__.get('forward')  # an instance-level forward someone set, or None
             layer.forward = _CalibratedForward(self, k, layer.forward)
             self._attached.append((layer, previous))
-            if register_external is not None:  # ZeRO-3 gathers u, v when this layer runs
-                register_external(layer, self.u)
-                register_external(layer, self.v)
         return self
 
     def detach(self) -> None:
@@ -293,6 +287,7 @@ class MoCa(nn.Module):
         self._extra_handles.clear()
         stuck = []
         for layer, previous in self._attached:
+            zero3_release_from(layer, self.parameters(recurse=False))
             current = layer.__dict__.get('forward')
             if not (isinstance(current, _CalibratedForward) and current.moca is self):
                 stuck.append(type(layer).__name__)
@@ -314,9 +309,12 @@ class MoCa(nn.Module):
 
         Kept until the next call: layers recomputed during backward (gradient checkpointing) see it.
         The flat indices of the vision rows are computed here, once per pass (one device sync).
+        Under DeepSpeed ZeRO-3 it also registers u, v with every wrapped layer (module docstring).
         """
         rows = None
         if image_mask is not None:
+            for layer, _ in self._attached:  # ZeRO-3: each layer gathers u, v for its forward/backward
+                zero3_gather_in(layer, self.parameters(recurse=False))
             if image_mask.dim() != 2:
                 raise ValueError(f'image_mask must be [B, L], got shape {tuple(image_mask.shape)}.')
             image_mask = image_mask.bool()

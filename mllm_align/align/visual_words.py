@@ -48,9 +48,21 @@ Where this departs from the reference code, and why:
   picks dim 0, normalising across images instead of the vocabulary) and ``einsum("id,li->ld")``
   is given a 3-D tensor (a subscript-count error). Here F′ is computed row by row over the
   vocabulary for any number of images per sample (all N·P rows of ``features [N, P, D]``).
-* **DeepSpeed ZeRO-3 is not supported**: the loss and pif read ``vm_head.weight`` (and pif the
-  embedding matrix) outside their modules' forward, where ZeRO-3 leaves them partitioned. The
-  recipes in ``projects/visual_words/configs/`` use ZeRO-2.
+* **DeepSpeed ZeRO-3.** ZeRO-3 keeps every parameter partitioned and gathers a module's own
+  parameters (not its children's) just before that module's forward and again before its backward.
+  ``vm_head`` is a child ``nn.Linear`` whose forward never runs, and pif reads the LLM's input
+  embedding matrix E, so both run through :meth:`VisualWords.forward`, and when the parameters are
+  partitioned (they carry ``ds_id``) ``vm_head.weight`` and E are registered as external parameters
+  of this module (``deepspeed.zero.register_external_parameter``): DeepSpeed gathers them for this
+  module's forward and backward only, and releases them after. The custom autograd function saves
+  ``vm_head.weight`` itself and reads it in backward, after that backward gather; pif's
+  checkpointed chunks recompute after it too. Without DeepSpeed nothing is imported or registered
+  and the computation is the same. Checked on CPU with DeepSpeed's CPU accelerator against the
+  same model without DeepSpeed (losses, gradients and updated weights over two SGD steps, visual
+  words + pif + MoCa + CAL, 1 and 2 processes): ``tools/check_zero3.py``, ``tests/align/test_zero3.py``.
+  (DeepSpeed 0.19's engine also discovers a partitioned parameter read through a module attribute
+  during its forward and gathers it for the whole step at the top-level module; the registration
+  here does not rely on that and keeps ``vm_head`` gathered only while this module runs.)
 * **Tokens added to the tokenizer.** The reference never resizes ``vm_head``.
   :meth:`VisualWords.resize` keeps the existing rows; ``LLaVAModel.resize_token_embeddings(n)``
   resizes the LLM embeddings and ``vm_head`` together (the entry point to use).
@@ -64,6 +76,8 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from ._zero3 import zero3_gather_in
 
 __all__ = ['VisualWords', 'visual_word_loss', 'pseudo_image_features', 'visual_word_slots']
 
@@ -321,7 +335,9 @@ class VisualWords(nn.Module):
 
     Configure with ``visual_words=dict(type=VisualWords, weight=1.0, ...)`` in ``LLaVAModel``;
     ``hidden_size`` and ``vocab_size`` are filled in from the LLM. ``vm_head`` is trainable and so
-    saved in checkpoints (``model.visual_words.vm_head.weight``).
+    saved in checkpoints (``model.visual_words.vm_head.weight``). Works under DDP, DeepSpeed ZeRO-2
+    and ZeRO-3: everything that reads ``vm_head`` (and E) runs in :meth:`forward` (module docstring,
+    "DeepSpeed ZeRO-3"; checked by ``tools/check_zero3.py``).
 
     Args:
         hidden_size: D, the LLM hidden size.
@@ -417,10 +433,42 @@ class VisualWords(nn.Module):
         self.vm_head.out_features = new_vocab_size
         print_log(f'VisualWords: vm_head resized from {V_old} to {new_vocab_size} rows.', logger='current')
 
+    def forward(self, op: Literal['loss', 'pif'], *tensors: torch.Tensor | None) -> Any:
+        """The computations that read ``vm_head.weight`` (and E), inside this module's forward (ZeRO-3).
+
+        Called by :meth:`compute_loss` and :meth:`pseudo_image_features`, which check their inputs and
+        register the partitioned parameters first (module docstring, "DeepSpeed ZeRO-3").
+
+        * ``op='pif'``, tensors ``(features [N, P, D], embed_weight [V, D])``: returns F′ ``[N, P, D]``.
+        * ``op='loss'``, tensors ``(logits [B, L, V], image_mask [B, L], slot_features [S, D],
+          attention_mask [B, L] or None)``: returns ``(weight · L_vm, L_vm, H(q))``, the last two detached.
+
+        Raises:
+            ValueError: an unknown ``op``.
+        """
+        vm_head_weight = self.vm_head.weight  # gathered here under ZeRO-3
+        if op == 'pif':
+            features, embed_weight = tensors
+            return pseudo_image_features(features, vm_head_weight, embed_weight, self.chunk_size)
+        if op == 'loss':
+            logits, image_mask, slot_features, attention_mask = tensors
+            kl, entropy, _ = _visual_word_kl(logits, image_mask, slot_features, vm_head_weight,
+                                             self.detach_target, attention_mask, self.chunk_size)
+            loss = self.weight * kl
+            if self.detach_target:
+                loss = loss + vm_head_weight.sum() * 0.0  # zero gradient: vm_head stays in DDP's reduction
+            return loss, kl.detach(), entropy.detach()
+        raise ValueError(f"VisualWords.forward: unknown op {op!r}; use 'loss' or 'pif'.")
+
     def pseudo_image_features(self, features: torch.Tensor, embed_weight: torch.Tensor) -> torch.Tensor:
-        """``[N, P, D] -> [N, P, D]``: F′ = softmax(vm_head(F)) · E (keeps F for the next loss)."""
+        """``[N, P, D] -> [N, P, D]``: F′ = softmax(vm_head(F)) · E (keeps F for the next loss).
+
+        ``embed_weight`` is the LLM's input embedding parameter (``[V, D]``); under ZeRO-3 it is gathered
+        for this module's forward and backward.
+        """
         self._image_features = features
-        return pseudo_image_features(features, self.vm_head.weight, embed_weight, self.chunk_size)
+        zero3_gather_in(self, [*self.vm_head.parameters(), embed_weight])
+        return self('pif', features, embed_weight)
 
     def compute_loss(self, model: nn.Module, inputs: Any, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{'loss_vm': weight · L_vm, 'visual_words/kl': L_vm, 'visual_words/target_entropy': H(q)}``.
@@ -450,11 +498,7 @@ class VisualWords(nn.Module):
                                      'built these inputs.')
         else:
             slot_features = inputs.inputs_embeds[image_mask]  # (S, D): the projected features x_t
-        kl, entropy, _ = _visual_word_kl(logits, image_mask, slot_features, self.vm_head.weight,
-                                         self.detach_target, inputs.attention_mask, self.chunk_size)
-        loss = self.weight * kl
-        if self.detach_target:
-            loss = loss + self.vm_head.weight.sum() * 0.0  # zero gradient: vm_head stays in DDP's reduction
-        return {'loss_vm': loss, 'visual_words/kl': kl.detach(),
-                'visual_words/target_entropy': entropy.detach()}
+        zero3_gather_in(self, self.vm_head.parameters())
+        loss, kl, entropy = self('loss', logits, image_mask, slot_features, inputs.attention_mask)
+        return {'loss_vm': loss, 'visual_words/kl': kl, 'visual_words/target_entropy': entropy}
 

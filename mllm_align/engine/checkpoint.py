@@ -7,6 +7,11 @@
 * **Safe loading.** torch ≥ 2.6 loads with ``weights_only=True``; mmengine's checkpoints carry its
   ``HistoryBuffer`` and numpy scalars/arrays in the message hub. We allow-list exactly those
   classes (:func:`allow_mmengine_checkpoint_globals`) instead of turning the safety off.
+* **DeepSpeed runs** (``--deepspeed``) save each ``iter_N.pth`` as a DeepSpeed *directory* of
+  per-rank shards, written by DeepSpeed itself (not atomically; mmengine's ``last_checkpoint``
+  pointer, written after it, still is). :func:`load_checkpoint_file` reads such a directory too
+  (fp32 weights re-assembled by DeepSpeed's ``zero_to_fp32``), so ``pretrained_pth``,
+  ``tools/eval_mir.py`` and ``tools/convert_to_hf.py`` take either form.
 
 Importing :mod:`mllm_align.engine` installs both.
 """
@@ -82,9 +87,48 @@ def allow_mmengine_checkpoint_globals() -> None:
     copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
 
 
-def load_checkpoint_file(path: Union[str, Path]) -> dict:
-    """``torch.load`` a checkpoint with ``weights_only=True`` (allow-list installed), naming the file on failure."""
+DEEPSPEED_MODEL_STATES = '*model_states.pt'
+
+
+def is_deepspeed_checkpoint(path: Union[str, Path]) -> bool:
+    """A DeepSpeed checkpoint tag directory (what ``--deepspeed`` runs save as ``iter_N.pth/``)."""
     path = Path(path)
+    return path.is_dir() and any(path.glob(DEEPSPEED_MODEL_STATES))
+
+
+def _load_deepspeed_checkpoint(path: Path) -> dict:
+    """``{'state_dict': fp32 weights, 'meta': …}`` of a DeepSpeed ZeRO-2/3 checkpoint directory.
+
+    The weights are re-assembled from every rank's partition by DeepSpeed's own ``zero_to_fp32``
+    (which reads its files with pickle; they are this run's own outputs). They are the trained
+    parameters only (those the optimizer updated), like an ``iter_N.pth`` of a plain run.
+    """
+    try:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    except ImportError as exc:
+        raise RuntimeError(f'{path} is a DeepSpeed checkpoint directory; reading it needs the deepspeed package '
+                           '(`pip install deepspeed==0.19.8`).') from exc
+    states = sorted(path.glob(DEEPSPEED_MODEL_STATES))
+    allow_mmengine_checkpoint_globals()
+    try:
+        from mmengine.config import ConfigDict
+        with torch.serialization.safe_globals([ConfigDict]):  # the DeepSpeed config mmengine passed
+            client = torch.load(states[0], map_location='cpu', weights_only=True)
+        state = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name,
+                                                         exclude_frozen_parameters=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
+        raise RuntimeError(f'Could not read the DeepSpeed checkpoint {str(path)!r}: {exc}. It needs every '
+                           "rank's *_model_states.pt and *_optim_states.pt files (saved with save_optimizer=True).") from exc
+    return {'state_dict': dict(state), 'meta': client.get('meta'), 'message_hub': client.get('message_hub')}
+
+
+def load_checkpoint_file(path: Union[str, Path]) -> dict:
+    """Load a checkpoint's contents: an ``iter_N.pth`` file (``torch.load`` with ``weights_only=True``,
+    allow-list installed) or a DeepSpeed checkpoint directory (fp32 weights re-assembled); names the path
+    on failure."""
+    path = Path(path)
+    if is_deepspeed_checkpoint(path):
+        return _load_deepspeed_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f'Checkpoint {str(path)!r} does not exist.')
     allow_mmengine_checkpoint_globals()

@@ -9,12 +9,16 @@ call them directly. What happens here:
   before the Runner (mmengine's own init calls ``torch.cuda.set_device``) and DDP wraps with
   ``device_ids=None``;
 * ``--deepspeed deepspeed_zero2|deepspeed_zero3`` switches to mmengine's ``FlexibleRunner`` with a
-  ``DeepSpeedStrategy`` (needs the ``deepspeed`` package and GPUs to run; the config builds anywhere).
+  ``DeepSpeedStrategy`` whose values come from the config (precision from the optimizer wrapper,
+  micro batch, clipping, accumulation); needs the ``deepspeed`` package. On CPU it runs with
+  ``DS_ACCELERATOR=cpu`` through ``tools/dist.sh`` (tested end to end). mmengine 0.10.7's strategy
+  imports DeepSpeed's removed 1-bit optimizers; :func:`build_runner` patches that registration.
 """
 from __future__ import annotations
 
 import difflib
 import os.path as osp
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -49,9 +53,21 @@ def check_config_keys(cfg: Config) -> None:
                            'mmengine would silently ignore it.')
 
 
+Precision = Literal['bf16', 'fp16', 'fp32']
+
+
 def deepspeed_strategy(stage: DeepSpeedChoice, gradient_accumulation_steps: int = 1,
-                       bf16: bool = True) -> dict[str, Any]:
-    """An mmengine ``DeepSpeedStrategy`` config for ZeRO stage 2 or 3 (xtuner's defaults)."""
+                       precision: Precision = 'bf16', micro_batch_size: int = 1,
+                       gradient_clipping: float = 0.0) -> dict[str, Any]:
+    """An mmengine ``DeepSpeedStrategy`` config for ZeRO stage 2 or 3 (xtuner's ZeRO settings).
+
+    Every value is concrete: DeepSpeed itself does not accept the ``'auto'`` placeholders of HF/xtuner
+    configs. ``micro_batch_size`` is the per-device batch (the train dataloader's ``batch_size``);
+    ``gradient_clipping`` the max norm (0: off); ``precision`` picks DeepSpeed's bf16 or fp16 engine, or
+    neither (fp32).
+    """
+    if precision not in ('bf16', 'fp16', 'fp32'):
+        raise ValueError(f"precision={precision!r}: use 'bf16', 'fp16' or 'fp32'.")
     zero_stage = {'deepspeed_zero2': 2, 'deepspeed_zero3': 3}[stage]
     zero: dict[str, Any] = dict(stage=zero_stage, overlap_comm=True, contiguous_gradients=True)
     if zero_stage == 3:
@@ -60,9 +76,10 @@ def deepspeed_strategy(stage: DeepSpeedChoice, gradient_accumulation_steps: int 
         type='DeepSpeedStrategy',
         config=dict(
             gradient_accumulation_steps=gradient_accumulation_steps,
-            train_micro_batch_size_per_gpu='auto', gradient_clipping='auto',
+            train_micro_batch_size_per_gpu=micro_batch_size, gradient_clipping=float(gradient_clipping),
             zero_optimization=zero,
-            bf16=dict(enabled=bf16), fp16=dict(enabled=not bf16, initial_scale_power=16)),
+            bf16=dict(enabled=precision == 'bf16'),
+            fp16=dict(enabled=precision == 'fp16', initial_scale_power=16)),
         inputs_to_half=None)
 
 
@@ -121,18 +138,60 @@ def prepare_config(config: str | Config, work_dir: str | None = None, resume: st
 
 
 def _to_deepspeed(cfg: Config, stage: DeepSpeedChoice) -> None:
+    """Rewrite ``cfg`` for mmengine's FlexibleRunner + DeepSpeedStrategy.
+
+    Taken from the config: precision (``AmpOptimWrapper`` → its ``dtype``, bf16 by default; a plain
+    ``OptimWrapper`` → fp32), ``accumulative_counts``, ``clip_grad.max_norm``, the per-device batch
+    size, the optimizer and ``paramwise_cfg`` (e.g. MoCa's no-decay parameters).
+    """
     import importlib.util
     if importlib.util.find_spec('deepspeed') is None:
         raise RuntimeError(f'--deepspeed {stage} needs the deepspeed package: `pip install -e .[gpu]` '
-                           'on the GPU nodes (it does not run on CPU).')
+                           '(or deepspeed==0.19.8).')
     optim = cfg.optim_wrapper
-    accumulative = int(optim.get('accumulative_counts', 1))
-    cfg.strategy = deepspeed_strategy(stage, gradient_accumulation_steps=accumulative,
-                                      bf16=optim.get('dtype', 'bfloat16') != 'float16')
+    wrapper_type = optim.get('type', 'OptimWrapper')
+    wrapper_name = wrapper_type if isinstance(wrapper_type, str) else getattr(wrapper_type, '__name__', '')
+    if wrapper_name == 'AmpOptimWrapper':
+        dtype = str(optim.get('dtype', 'bfloat16')).replace('torch.', '')
+        precision: Precision = 'fp16' if dtype in ('float16', 'fp16', 'half') else 'bf16'
+    else:
+        precision = 'fp32'
+    clip = (optim.get('clip_grad') or {}).get('max_norm', 0.0)
+    micro_batch = int(cfg.train_dataloader.get('batch_size', 1))
+    cfg.strategy = deepspeed_strategy(stage, gradient_accumulation_steps=int(optim.get('accumulative_counts', 1)),
+                                      precision=precision, micro_batch_size=micro_batch,
+                                      gradient_clipping=clip or 0.0)
     cfg.optim_wrapper = ConfigDict(type='DeepSpeedOptimWrapper', optimizer=optim.optimizer)
-    if optim.get('paramwise_cfg') is not None:  # e.g. MoCa's no-decay parameters
+    if optim.get('paramwise_cfg') is not None:
         cfg.optim_wrapper.paramwise_cfg = optim.paramwise_cfg
     cfg.runner_type = 'FlexibleRunner'
+
+
+def _patch_mmengine_deepspeed_optimizers() -> None:
+    """mmengine 0.10.7's DeepSpeedStrategy registers DeepSpeed's 1-bit optimizers from
+    ``deepspeed.runtime.fp16.onebit``, which DeepSpeed 0.19 no longer has, so building the strategy
+    fails with ModuleNotFoundError. Register the optimizers that exist instead (idempotent)."""
+    import importlib
+
+    from mmengine._strategy import deepspeed as mm_ds
+    from mmengine.registry import OPTIMIZERS
+
+    def register_available() -> list[str]:
+        names = []
+        for module, attrs in (('deepspeed.ops.adam', ('DeepSpeedCPUAdam', 'FusedAdam')),
+                              ('deepspeed.ops.lamb', ('FusedLamb',)),
+                              ('deepspeed.runtime.fp16.onebit', ('OnebitAdam', 'OnebitLamb', 'ZeroOneAdam'))):
+            try:
+                mod = importlib.import_module(module)
+            except ImportError:
+                continue
+            for attr in attrs:
+                if hasattr(mod, attr):
+                    OPTIMIZERS.register_module(module=getattr(mod, attr), force=True)
+                    names.append(attr)
+        return names
+
+    mm_ds.register_deepspeed_optimizers = register_available
 
 
 def build_runner(cfg: Config) -> Any:
@@ -142,6 +201,12 @@ def build_runner(cfg: Config) -> Any:
     import mllm_align.engine  # noqa: F401  (atomic checkpoint backend + safe-load allow-list)
     if cfg.get('runner_type') == 'FlexibleRunner':
         from mmengine.runner import FlexibleRunner
+        if cfg.get('strategy', {}).get('type') == 'DeepSpeedStrategy':
+            _patch_mmengine_deepspeed_optimizers()
+            # DeepSpeed 0.19 calls collectives torch 2.13 deprecates (all_gather_into_tensor,
+            # reduce_scatter_tensor): several warnings per step otherwise
+            warnings.filterwarnings('ignore', message=r'`torch\.distributed\.\w+` is deprecated',
+                                    category=FutureWarning)
         keys = set(FlexibleRunner.__init__.__code__.co_varnames)
         kwargs = {k: v for k, v in cfg.items() if k in keys}
         return FlexibleRunner(**kwargs, cfg=cfg)

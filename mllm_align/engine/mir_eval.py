@@ -43,7 +43,7 @@ from mmengine.logging import print_log
 from ..data.mir_probe import DEFAULT_TEXT_MAX_TOKENS, build_mir_probe
 from ..metrics.mir import SQRT_MODES, MIRResult
 from ..models.hidden_states import TEXT_TOKENS, HFLlavaModel, compute_model_mir, num_llm_layers, parse_layers
-from .checkpoint import load_checkpoint_file
+from .checkpoint import is_deepspeed_checkpoint, load_checkpoint_file
 
 __all__ = ['CheckpointRef', 'MIRSettingsMismatch', 'RESULTS_FORMAT', 'discover_checkpoints', 'evaluate_mir',
            'default_probe_sources', 'load_results', 'plot_results', 'write_csv']
@@ -108,10 +108,11 @@ def discover_checkpoints(target: str | os.PathLike) -> list[CheckpointRef]:
     if not path.exists():
         raise FileNotFoundError(f'{str(path)!r} does not exist: give a work dir of iter_*.pth files, one .pth '
                                 'checkpoint or an HF Llava directory.')
-    if path.is_dir():
+    if path.is_dir() and not is_deepspeed_checkpoint(path):
         if _is_hf_llava_dir(path):
             return [CheckpointRef(path, None, 'hf')]
-        found = [(int(m.group(1)), p) for p in path.iterdir() if (m := _ITER_RE.match(p.name)) and p.is_file()]
+        found = [(int(m.group(1)), p) for p in path.iterdir()
+                 if (m := _ITER_RE.match(p.name)) and (p.is_file() or is_deepspeed_checkpoint(p))]
         if not found:
             raise ValueError(f'{path} holds no iter_*.pth checkpoint (and is not an HF Llava directory); '
                              'train with default_hooks.checkpoint saving every few iterations first.')

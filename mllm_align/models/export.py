@@ -135,6 +135,17 @@ def _check_no_extra_parts(model: LLaVAModel) -> None:
     if isinstance(getattr(model, 'moca', None), MoCa):
         known.add('moca')
     # --- end MoCa ------------------------------------------------------------------------------------
+    # Visual words: vm_head only supervises training (the LLM never reads it), so it is left out;
+    # with pif it shapes every image feature and the HF model cannot compute that.
+    vw = getattr(model, 'visual_words', None)
+    if vw is not None:
+        if getattr(vw, 'pif', False):
+            raise ValueError('visual_words.pif=True replaces the image features by softmax(vm_head(F)) · E, which '
+                             'LlavaForConditionalGeneration cannot compute: evaluate this model with mllm_align '
+                             '(e.g. tools/eval_mir.py with --config) instead of exporting it.')
+        known.add('visual_words')
+        print_log('Export: visual_words.vm_head is a training-only head (it does not change the outputs) and is '
+                  'not exported.', logger='current')
     extra = [name for name, child in model.named_children()
              if name not in known and any(True for _ in child.parameters())]
     if extra:

@@ -192,9 +192,11 @@ class LLaVAModel(BaseModel):
         """Vision tower → projector. ``[N, 3, H, W] -> [N, P, D]`` in the LLM's embedding dtype."""
         feats = self.visual_encoder(pixel_values)  # (N, P, C)
         proj_dtype = next(self.projector.parameters()).dtype
-        feats = self.projector(feats.to(proj_dtype)).to(self.embed_tokens.weight.dtype)  # (N, P, D)
+        # parameters(), not `.weight`: under ZeRO-3 an attribute read would keep E gathered all step
+        embed_weight = next(self.embed_tokens.parameters())  # (V, D)
+        feats = self.projector(feats.to(proj_dtype)).to(embed_weight.dtype)  # (N, P, D)
         if self.visual_words is not None and self.visual_words.pif:
-            feats = self.visual_words.pseudo_image_features(feats, self.embed_tokens.weight)
+            feats = self.visual_words.pseudo_image_features(feats, embed_weight)
         return feats
 
     def prepare_inputs(self, data: dict, padding_side: Literal['right', 'left'] = 'right') -> MultimodalInputs:

@@ -412,3 +412,18 @@ def test_visualisation_on_a_tiny_trained_checkpoint(assets, tmp_path):
         probs = [t['prob'] for t in patch['topk']]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
         assert patch['topk'][0]['id'] == patch['argmax_id'] and patch['argmax_token']
+
+
+def test_hf_export_drops_the_training_only_head_and_refuses_pif(assets, tmp_path):
+    from mllm_align.models.export import compare_logits, export_llava_to_hf
+    torch.manual_seed(8)
+    model = _model().eval()
+    with torch.no_grad():  # a trained-looking head: the export must not depend on it
+        model.visual_words.vm_head.weight.normal_()
+    out = export_llava_to_hf(model, tmp_path / 'hf')
+    assert compare_logits(model, out) < 1e-5
+    from safetensors import safe_open
+    keys = [k for f in out.glob('*.safetensors') for k in safe_open(str(f), 'pt').keys()]
+    assert keys and not any('vm_head' in k or 'visual_words' in k for k in keys)
+    with pytest.raises(ValueError, match='pif=True .* cannot compute'):
+        export_llava_to_hf(_model(pif=True).eval(), tmp_path / 'hf_pif')

@@ -67,7 +67,33 @@ def test_deepspeed_config_switches_to_flexible_runner(monkeypatch):
     assert cfg.strategy.config.zero_optimization.stage == 3
     assert cfg.optim_wrapper.type == 'DeepSpeedOptimWrapper'
     assert cfg.optim_wrapper.optimizer.lr == 1e-3
+    ds = cfg.strategy.config  # concrete values (DeepSpeed rejects HF's 'auto'), taken from the config
+    assert ds.train_micro_batch_size_per_gpu == Config.fromfile(TINY).train_dataloader.batch_size
+    assert ds.gradient_clipping == Config.fromfile(TINY).optim_wrapper.clip_grad.max_norm
+    assert not ds.bf16.enabled and not ds.fp16.enabled  # the tiny config's plain OptimWrapper is fp32
     assert deepspeed_strategy('deepspeed_zero2')['config']['zero_optimization']['stage'] == 2
+    # AmpOptimWrapper: its dtype picks DeepSpeed's engine
+    for dtype, (bf16, fp16) in {None: (True, False), 'bfloat16': (True, False), 'float16': (False, True)}.items():
+        opts = {'optim_wrapper.type': 'AmpOptimWrapper'}
+        if dtype is not None:
+            opts['optim_wrapper.dtype'] = dtype
+        amp = prepare_config(TINY, deepspeed='deepspeed_zero2', cfg_options=opts).strategy.config
+        assert (amp.bf16.enabled, amp.fp16.enabled) == (bf16, fp16), dtype
+    with pytest.raises(ValueError, match="precision='int8'"):
+        deepspeed_strategy('deepspeed_zero3', precision='int8')  # type: ignore[arg-type]
+
+
+def test_mmengine_deepspeed_optimizer_registration_survives_deepspeed_0_19():
+    pytest.importorskip('deepspeed')
+    from mmengine._strategy import deepspeed as mm_ds
+    from mmengine.registry import OPTIMIZERS
+
+    from mllm_align.engine.launch import _patch_mmengine_deepspeed_optimizers
+    _patch_mmengine_deepspeed_optimizers()
+    names = mm_ds.register_deepspeed_optimizers()  # mmengine's own raised ModuleNotFoundError (onebit)
+    assert {'DeepSpeedCPUAdam', 'FusedAdam'} <= set(names)
+    assert OPTIMIZERS.get('DeepSpeedCPUAdam') is not None
+    assert set(mm_ds.register_deepspeed_optimizers()) == set(names)  # idempotent
 
 
 def test_cpu_distributed_uses_gloo_and_no_device_ids(monkeypatch):

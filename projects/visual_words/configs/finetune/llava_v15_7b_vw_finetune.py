@@ -5,11 +5,10 @@ The LLaVA-1.5 SFT recipe (``projects/llava/configs/finetune/llava_v15_7b_finetun
 al., arXiv:2403.07720). Starts from the stage-1 output (``pretrained_pth``: projector + ``vm_head``);
 the LLM, projector and ``vm_head`` train, the CLIP tower stays frozen. VW-LMM-Vicuna-7B.
 
-    bash tools/dist.sh train projects/visual_words/configs/finetune/llava_v15_7b_vw_finetune.py 8 --deepspeed deepspeed_zero2
+    bash tools/dist.sh train projects/visual_words/configs/finetune/llava_v15_7b_vw_finetune.py 8 --deepspeed deepspeed_zero3
 
-ZeRO-2, not LLaVA's ZeRO-3: ZeRO-3 partitions parameters and gathers them only inside their own
-module's forward, while the visual-word loss reads ``vm_head.weight`` (and pif the embedding matrix)
-outside it (by estimate ZeRO-2 fits the 7B SFT on 8 × 80 GB GPUs; not measured here).
+ZeRO-3, as LLaVA's SFT (visual words gather ``vm_head`` and E under ZeRO-3: ``mllm_align/align/visual_words.py``;
+tested on CPU, not yet at 7B on GPUs); ``--deepspeed deepspeed_zero2`` works too.
 
 Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
 ``llava_v15_7b_vw_finetune_tiny_cpu.py``.

@@ -3,11 +3,10 @@
 As ``llava_v15_7b_vw_finetune.py`` with ``vw_pif = True`` (F′ = softmax(vm_head(F)) · E replaces the
 projected features). Starts from the pif stage-1 output (``pretrained_pth``: projector + ``vm_head``).
 
-    bash tools/dist.sh train projects/visual_words/configs/finetune/llava_v15_7b_vw_pif_finetune.py 8 --deepspeed deepspeed_zero2
+    bash tools/dist.sh train projects/visual_words/configs/finetune/llava_v15_7b_vw_pif_finetune.py 8 --deepspeed deepspeed_zero3
 
-ZeRO-2, not LLaVA's ZeRO-3: ZeRO-3 partitions parameters and gathers them only inside their own
-module's forward, while the visual-word loss reads ``vm_head.weight`` (and pif the embedding matrix)
-outside it (by estimate ZeRO-2 fits the 7B SFT on 8 × 80 GB GPUs; not measured here).
+ZeRO-3, as LLaVA's SFT (visual words gather ``vm_head`` and E under ZeRO-3: ``mllm_align/align/visual_words.py``;
+tested on CPU, not yet at 7B on GPUs); ``--deepspeed deepspeed_zero2`` works too.
 
 Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
 ``llava_v15_7b_vw_pif_finetune_tiny_cpu.py``.
