@@ -1,10 +1,11 @@
 """Shared fixtures: the tiny offline assets (built once into data/tiny/) and mmengine hygiene."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
+
+from mllm_align.testing.net import free_port as find_free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ROOT = REPO / 'data' / 'tiny'
@@ -19,9 +20,7 @@ def tiny_assets():
 
 @pytest.fixture()
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    return find_free_port()
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from mllm_align.engine.launch import build_runner, prepare_config, shutdown_distributed  # noqa: E402
+from mllm_align.engine.launch import (build_runner, exit_after_training, prepare_config,  # noqa: E402
+                                      shutdown_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -30,7 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. train_cfg.max_iters=100')
     parser.add_argument('--deepspeed', choices=['deepspeed_zero2', 'deepspeed_zero3'],
-                        help='train with DeepSpeed ZeRO through mmengine FlexibleRunner (GPU only)')
+                        help='train with DeepSpeed ZeRO through mmengine FlexibleRunner (on CPU: DS_ACCELERATOR=cpu)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher (tools/dist.sh passes pytorch)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
@@ -50,3 +51,4 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
+    exit_after_training(0)  # only reached on success; see its docstring

@@ -225,3 +225,25 @@ def shutdown_distributed() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+def exit_after_training(code: int = 0) -> None:
+    """Flush logs and streams, then end the process at once (``os._exit``), skipping interpreter teardown.
+
+    Call it only after :func:`shutdown_distributed`, when every checkpoint is written. Even with the
+    process group destroyed, about one 2-process gloo run in six on CPU (torch 2.13) still aborted
+    during interpreter teardown (``terminate called without an active exception``, SIGABRT from a
+    C++ thread destructor), turning a finished run into a failed launch; the abort happened with
+    and without deepspeed importable. Nothing is left to do at that point, so teardown is skipped.
+    """
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream must not turn success into failure
+            pass
+    os._exit(code)

@@ -22,6 +22,7 @@ from mllm_align.align.moca import (MOCA_CONFIG_NAME, MOCA_WEIGHTS_NAME, attach_m
                                    load_moca, save_moca_for_hf)
 from mllm_align.constants import IGNORE_INDEX as IGN
 from mllm_align.constants import IMAGE_TOKEN_INDEX as IMG
+from mllm_align.testing.net import free_port as find_free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN_TINY = 'projects/moca/configs/pretrain/llava_v15_7b_moca_pretrain_tiny_cpu.py'
@@ -385,12 +386,12 @@ def test_tiny_twin_trains_on_two_processes_and_resumes_exactly(tiny_assets, tmp_
     # The uninterrupted run and the run killed after iteration 3 are independent: run them together.
     with ThreadPoolExecutor(2) as pool:
         futures = {'full': pool.submit(_train, tmp_path / 'full', free_port),
-                   'crashed': pool.submit(_train, tmp_path / 'resumed', free_port + 1, crash_at=3)}
+                   'crashed': pool.submit(_train, tmp_path / 'resumed', find_free_port(), crash_at=3)}
         results = {k: f.result() for k, f in futures.items()}
     assert results['full'].returncode == 0, results['full'].stdout[-3000:] + results['full'].stderr[-3000:]
     assert results['crashed'].returncode != 0
     assert (tmp_path / 'resumed' / 'iter_2.pth').exists() and not (tmp_path / 'resumed' / 'iter_4.pth').exists()
-    resumed = _train(tmp_path / 'resumed', free_port + 2, '--resume')
+    resumed = _train(tmp_path / 'resumed', find_free_port(), '--resume')
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     a = load_checkpoint_file(tmp_path / 'full' / 'iter_4.pth')

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from mllm_align.engine.checkpoint import is_deepspeed_checkpoint, load_checkpoint_file
+from mllm_align.testing.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = 'projects/visual_words/configs/pretrain/llava_v15_7b_vw_moca_cal_pretrain_tiny_cpu.py'
@@ -23,15 +23,8 @@ pytestmark = [pytest.mark.slow,
                                  reason='deepspeed is not installed (requirements-dev.txt pins it)')]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _train(work_dir: Path, init: Path, *extra: str, crash_at: int | None = None) -> subprocess.CompletedProcess:
-    # a fresh port per launch: a neighbour of the last one may still be held by its gloo sockets
-    env = dict(os.environ, PORT=str(_free_port()), PYTHON=sys.executable, OMP_NUM_THREADS='1',
+    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable, OMP_NUM_THREADS='1',
                DS_ACCELERATOR='cpu')
     env.pop('MLLM_ALIGN_CRASH_AT_ITER', None)
     if crash_at is not None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mllm_align.engine.checkpoint import load_checkpoint_file
+from mllm_align.testing.net import free_port as find_free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = 'projects/llava/configs/pretrain/llava_v15_7b_pretrain_tiny_cpu.py'
@@ -54,12 +55,12 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_assets, tmp_path, free_p
     ckpts = sorted(p.name for p in (tmp_path / 'full').glob('iter_*.pth'))
     assert ckpts == ['iter_2.pth', 'iter_4.pth', 'iter_6.pth']
 
-    crashed = _train(tmp_path / 'resumed', free_port + 1, crash_at=5)
+    crashed = _train(tmp_path / 'resumed', find_free_port(), crash_at=5)
     assert crashed.returncode != 0  # killed after iteration 5, before iteration 6 was saved
     assert not (tmp_path / 'resumed' / 'iter_6.pth').exists()
     assert (tmp_path / 'resumed' / 'iter_4.pth').exists()
 
-    resumed = _train(tmp_path / 'resumed', free_port + 2, '--resume')
+    resumed = _train(tmp_path / 'resumed', find_free_port(), '--resume')
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     weights_a, optim_a = _state(tmp_path / 'full' / 'iter_6.pth')
     weights_b, optim_b = _state(tmp_path / 'resumed' / 'iter_6.pth')
