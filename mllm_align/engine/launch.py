@@ -11,14 +11,14 @@ call them directly. What happens here:
 * ``--deepspeed deepspeed_zero2|deepspeed_zero3`` switches to mmengine's ``FlexibleRunner`` with a
   ``DeepSpeedStrategy`` whose values come from the config (precision from the optimizer wrapper,
   micro batch, clipping, accumulation); needs the ``deepspeed`` package. On CPU it runs with
-  ``DS_ACCELERATOR=cpu`` through ``tools/dist.sh`` (tested end to end). mmengine 0.10.7's strategy
-  imports DeepSpeed's removed 1-bit optimizers; :func:`build_runner` patches that registration.
+  ``DS_ACCELERATOR=cpu`` through ``tools/dist.sh`` (tested end to end). :func:`build_runner` swaps in
+  :class:`~mllm_align.engine.ds_strategy.AtomicDeepSpeedStrategy` (DeepSpeed 0.19 fix, atomic
+  checkpoint directories).
 """
 from __future__ import annotations
 
 import difflib
 import os.path as osp
-import warnings
 from typing import Any, Literal
 
 import torch
@@ -167,33 +167,6 @@ def _to_deepspeed(cfg: Config, stage: DeepSpeedChoice) -> None:
     cfg.runner_type = 'FlexibleRunner'
 
 
-def _patch_mmengine_deepspeed_optimizers() -> None:
-    """mmengine 0.10.7's DeepSpeedStrategy registers DeepSpeed's 1-bit optimizers from
-    ``deepspeed.runtime.fp16.onebit``, which DeepSpeed 0.19 no longer has, so building the strategy
-    fails with ModuleNotFoundError. Register the optimizers that exist instead (idempotent)."""
-    import importlib
-
-    from mmengine._strategy import deepspeed as mm_ds
-    from mmengine.registry import OPTIMIZERS
-
-    def register_available() -> list[str]:
-        names = []
-        for module, attrs in (('deepspeed.ops.adam', ('DeepSpeedCPUAdam', 'FusedAdam')),
-                              ('deepspeed.ops.lamb', ('FusedLamb',)),
-                              ('deepspeed.runtime.fp16.onebit', ('OnebitAdam', 'OnebitLamb', 'ZeroOneAdam'))):
-            try:
-                mod = importlib.import_module(module)
-            except ImportError:
-                continue
-            for attr in attrs:
-                if hasattr(mod, attr):
-                    OPTIMIZERS.register_module(module=getattr(mod, attr), force=True)
-                    names.append(attr)
-        return names
-
-    mm_ds.register_deepspeed_optimizers = register_available
-
-
 def build_runner(cfg: Config) -> Any:
     """Build the mmengine Runner (or FlexibleRunner for DeepSpeed) from a prepared config."""
     from mmengine.runner import Runner
@@ -201,12 +174,9 @@ def build_runner(cfg: Config) -> Any:
     import mllm_align.engine  # noqa: F401  (atomic checkpoint backend + safe-load allow-list)
     if cfg.get('runner_type') == 'FlexibleRunner':
         from mmengine.runner import FlexibleRunner
-        if cfg.get('strategy', {}).get('type') == 'DeepSpeedStrategy':
-            _patch_mmengine_deepspeed_optimizers()
-            # DeepSpeed 0.19 calls collectives torch 2.13 deprecates (all_gather_into_tensor,
-            # reduce_scatter_tensor): several warnings per step otherwise
-            warnings.filterwarnings('ignore', message=r'`torch\.distributed\.\w+` is deprecated',
-                                    category=FutureWarning)
+        if cfg.get('strategy', {}).get('type') in ('DeepSpeedStrategy', 'AtomicDeepSpeedStrategy'):
+            from .ds_strategy import AtomicDeepSpeedStrategy  # registers it; patches mmengine (docstring)
+            cfg.strategy.type = AtomicDeepSpeedStrategy.__name__
         keys = set(FlexibleRunner.__init__.__code__.co_varnames)
         kwargs = {k: v for k, v in cfg.items() if k in keys}
         return FlexibleRunner(**kwargs, cfg=cfg)

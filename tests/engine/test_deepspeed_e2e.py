@@ -63,6 +63,7 @@ def test_deepspeed_trains_like_ddp(runs, stage):
     root, _ = runs
     ckpt = root / stage / 'iter_6.pth'
     assert is_deepspeed_checkpoint(ckpt)
+    assert not list((root / stage).glob('.*.partial'))  # shards written in a hidden dir, renamed when whole
     zero3 = load_checkpoint_file(ckpt)['state_dict']
     ddp = load_checkpoint_file(root / 'ddp' / 'iter_6.pth')['state_dict']
     assert set(zero3) == set(ddp)

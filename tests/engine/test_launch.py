@@ -88,8 +88,8 @@ def test_mmengine_deepspeed_optimizer_registration_survives_deepspeed_0_19():
     from mmengine._strategy import deepspeed as mm_ds
     from mmengine.registry import OPTIMIZERS
 
-    from mllm_align.engine.launch import _patch_mmengine_deepspeed_optimizers
-    _patch_mmengine_deepspeed_optimizers()
+    from mllm_align.engine.ds_strategy import patch_optimizer_registration
+    patch_optimizer_registration()
     names = mm_ds.register_deepspeed_optimizers()  # mmengine's own raised ModuleNotFoundError (onebit)
     assert {'DeepSpeedCPUAdam', 'FusedAdam'} <= set(names)
     assert OPTIMIZERS.get('DeepSpeedCPUAdam') is not None
