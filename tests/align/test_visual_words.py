@@ -294,16 +294,37 @@ def test_pif_in_the_model_multi_image_samples(assets):
     torch.testing.assert_close(loss, ref.detach())
 
 
-@pytest.mark.parametrize('llm', ['llama', 'qwen2'])
-def test_model_loss_equals_the_pure_function_and_trains_the_head(assets, llm):
+@pytest.fixture(scope='module')
+def family_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Every LLM family the toolkit supports: LLaMA and Qwen2 from the tiny assets, Mistral and Phi-3 saved here."""
+    from transformers import MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM
+    root = tmp_path_factory.mktemp('vw_llms')
+    common = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    MistralForCausalLM(MistralConfig(**common)).save_pretrained(root / 'mistral')
+    Phi3ForCausalLM(Phi3Config(**common)).save_pretrained(root / 'phi3')
+    tiny = REPO / 'data' / 'tiny' / 'llm'
+    return {'llama': tiny / 'llama', 'qwen2': tiny / 'qwen2', 'mistral': root / 'mistral', 'phi3': root / 'phi3'}
+
+
+@pytest.mark.parametrize('llm', ['llama', 'qwen2', 'mistral', 'phi3'])
+@pytest.mark.parametrize('pif', [False, True])
+def test_model_loss_equals_the_pure_function_and_trains_the_head(assets, family_dirs, llm, pif):
     torch.manual_seed(7)
-    model = _model(llm, weight=0.5)
+    model = LLaVAModel(llm=dict(type=load_llm, path=str(family_dirs[llm])),
+                       visual_encoder=dict(type=VisionTower, path=str(REPO / 'data' / 'tiny' / 'vision' / 'clip')),
+                       visual_words=dict(type=VisualWords, weight=0.5, pif=pif))
     data = _batch()
     losses = model(data, mode='loss')
     assert {'loss_lm', 'loss_vm', 'visual_words/kl', 'visual_words/target_entropy'} <= set(losses)
     inputs = model.prepare_inputs(data)
     logits = model.run_llm(inputs).logits
-    ref = visual_word_loss(logits, inputs.inputs_embeds, model.visual_words.vm_head.weight, inputs.image_mask,
+    # the targets come from the projected features F (before pif replaces them)
+    feats = model.projector(model.visual_encoder(data['pixel_values']))  # (N, P, D)
+    targets_at = torch.zeros_like(inputs.inputs_embeds).masked_scatter(inputs.image_mask[..., None],
+                                                                       feats.reshape(-1, feats.shape[-1]))
+    ref = visual_word_loss(logits, targets_at, model.visual_words.vm_head.weight, inputs.image_mask,
                            attention_mask=inputs.attention_mask)
     torch.testing.assert_close(losses['loss_vm'], 0.5 * ref)
     sum(v for k, v in losses.items() if 'loss' in k).backward()
