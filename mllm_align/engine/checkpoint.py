@@ -8,8 +8,8 @@
   ``HistoryBuffer`` and numpy scalars/arrays in the message hub. We allow-list exactly those
   classes (:func:`allow_mmengine_checkpoint_globals`) instead of turning the safety off.
 * **DeepSpeed runs** (``--deepspeed``) save each ``iter_N.pth`` as a DeepSpeed *directory* of
-  per-rank shards, written by DeepSpeed itself (not atomically; mmengine's ``last_checkpoint``
-  pointer, written after it, still is). :func:`load_checkpoint_file` reads such a directory too
+  per-rank shards, made atomic by writing it under another name and renaming it when whole
+  (:class:`~mllm_align.engine.ds_strategy.AtomicDeepSpeedStrategy`). :func:`load_checkpoint_file` reads such a directory too
   (fp32 weights re-assembled by DeepSpeed's ``zero_to_fp32``), so ``pretrained_pth``,
   ``tools/eval_mir.py`` and ``tools/convert_to_hf.py`` take either form.
 
