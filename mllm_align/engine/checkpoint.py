@@ -9,9 +9,9 @@
   classes (:func:`allow_mmengine_checkpoint_globals`) instead of turning the safety off.
 * **DeepSpeed runs** (``--deepspeed``) save each ``iter_N.pth`` as a DeepSpeed *directory* of
   per-rank shards, made atomic by writing it under another name and renaming it when whole
-  (:class:`~mllm_align.engine.ds_strategy.AtomicDeepSpeedStrategy`). :func:`load_checkpoint_file` reads such a directory too
-  (fp32 weights re-assembled by DeepSpeed's ``zero_to_fp32``), so ``pretrained_pth``,
-  ``tools/eval_mir.py`` and ``tools/convert_to_hf.py`` take either form.
+  (:class:`~mllm_align.engine.ds_strategy.AtomicDeepSpeedStrategy`). :func:`load_checkpoint_file`
+  reads such a directory too (fp32 weights re-assembled by DeepSpeed's ``zero_to_fp32``), so
+  ``pretrained_pth``, ``tools/eval_mir.py`` and ``tools/convert_to_hf.py`` take either form.
 
 Importing :mod:`mllm_align.engine` installs both.
 """
