@@ -13,17 +13,20 @@ random CLIP at 336 px / patch 14 (576 image tokens):
 Variants, timed in the same process, interleaved (each repetition runs every variant once, in a
 rotated order), after one warm-up step each:
 
-* ``baseline``: no CAL (the toolkit's plain ``causal_lm_loss``: cross-entropy over all
-  [B·(L-1), V] rows, ignored ones included).
-* ``baseline_lean``: no second pass, unweighted ``cal_loss`` (cross-entropy over the supervised rows
-  only, as CAL computes it): the same loss value as ``baseline``. ``cal`` over ``baseline_lean`` is the
-  cost of the no-image pass alone; ``cal`` over ``baseline`` includes the saving of the leaner loss.
+* ``baseline``: no CAL: ``LLaVAModel``'s plain loss, which asks the LLM for logits only at the
+  positions that predict a label (HF ``logits_to_keep``) and upcasts only those rows.
+* ``baseline_lean``: no second pass, ``cal_loss`` with all weights 1 on full ``[B, L, V]`` logits (a
+  plug-in without ``logits_positions``): the same loss value as ``baseline``, computed the way both
+  were before logits were kept.
 * ``cal``: :class:`mllm_align.align.CAL` defaults (image tokens dropped, per-sample pooling).
 * ``cal_mask_flat``: ``CAL(no_image_pass='mask', pooling='flat')`` (the original's numbers, this
   implementation's gather-first memory handling).
 * ``original``: the reference code's computation written out (second pass over the full sequence
   with the image keys masked, full-vocabulary fp32 logits of both passes plus a clone, flat pooling,
   cross-entropy over all [B·(L-1), V] rows).
+
+``cal`` over ``baseline`` is CAL's cost with both computed the lean way (kept logits in the
+with-image and the no-image pass).
 
 Reported: median step time per variant, the spread (min–max), and the overhead as the median over
 repetitions of the per-repetition ratio variant / reference (min–max in brackets), plus the ratio of

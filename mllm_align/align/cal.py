@@ -28,7 +28,12 @@ Departures from the reference code, and the options that reproduce it:
 * Precision and memory. The original makes fp32 copies of the full ``[B, L, V]`` logits of both
   passes (plus a clone) before gathering the gold token. Here gold logits are gathered in the logits'
   own dtype and only the ``[B, L-1]`` result is upcast; the cross-entropy is computed on the
-  supervised rows only.
+  supervised rows only. With ``pooling='sample'`` only supervised targets enter the weights, so when
+  the LLM accepts HF ``logits_to_keep`` neither pass materialises ``[B, L, V]``: the with-image pass
+  keeps the rows at :func:`~mllm_align.models.supervised_positions` (``[B, P, V]``, see
+  :meth:`CAL.logits_positions`) and the no-image pass the compact slots that predict a supervised
+  target (``[B', P', V]``); the gold logits are scattered back into ``[B, L-1]``, so the pooling is
+  unchanged. ``pooling='flat'`` reads every position and keeps full logits.
 * The token right after an image. Its prediction comes from the last image slot. In the original's
   masked pass that slot still holds the image embedding as its query (only the image *keys* are
   masked), so its "no-image" logit still sees the image through its own residual stream. Dropping the
@@ -58,6 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import IGNORE_INDEX
+from ..models.llava import supervised_positions
 from ..models.splice import MultimodalInputs
 
 __all__ = ['CAL', 'cal_loss', 'cal_token_weights', 'cal_token_weights_from_gold', 'drop_image_tokens',
@@ -90,13 +96,26 @@ def gold_token_ids(labels: torch.Tensor) -> torch.Tensor:
     return shift.masked_fill(shift == IGNORE_INDEX, 0)
 
 
-def gather_gold_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def gather_gold_logits(logits: torch.Tensor, labels: torch.Tensor,
+                       positions: torch.Tensor | None = None) -> torch.Tensor:
     """Gold-token logits of the shifted targets in fp32: ``[B, L, V], [B, L] -> [B, L-1]``.
 
     Gathered in the logits' own dtype, then upcast: no full-vocabulary copy is made.
+
+    Args:
+        logits: ``[B, L, V]``, or ``[B, P, V]`` at ``positions`` (HF ``logits_to_keep``).
+        labels: ``[B, L]`` (-100 = ignored); position t predicts ``labels[:, t + 1]``.
+        positions: ``[P]`` sequence positions (< L - 1) of the logits' rows; None: every position.
+
+    Returns:
+        ``[B, L-1]`` fp32; with ``positions``, 0 at the shifted targets outside ``positions``.
     """
     ids = gold_token_ids(labels)  # (B, L-1)
-    return logits[:, :-1].gather(-1, ids[..., None]).squeeze(-1).float()  # (B, L-1)
+    if positions is None:
+        return logits[:, :-1].gather(-1, ids[..., None]).squeeze(-1).float()  # (B, L-1)
+    gold = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)  # (B, L-1)
+    gold[:, positions] = logits.gather(-1, ids[:, positions, None]).squeeze(-1).float()  # (B, P)
+    return gold
 
 
 def cal_token_weights_from_gold(gold_img: torch.Tensor, gold_noimg: torch.Tensor, labels: torch.Tensor,
@@ -173,7 +192,8 @@ def cal_token_weights(logits_img: torch.Tensor, logits_noimg: torch.Tensor, labe
                                        alpha=alpha, beta=beta, window=window, pooling=pooling)
 
 
-def cal_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def cal_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+             positions: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted next-token cross-entropy: Σ_t w_t · CE_t / Σ_{t valid} w_t (the paper's re-weighting).
 
     Only the supervised rows are upcast to fp32 (``[N_valid, V]``, not ``[B, L, V]``). The denominator
@@ -181,16 +201,23 @@ def cal_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) 
     that still touches the graph.
 
     Args:
-        logits: ``[B, L, V]``; position t predicts ``labels[:, t + 1]``.
+        logits: ``[B, L, V]``; position t predicts ``labels[:, t + 1]``. Or ``[B, P, V]`` at
+            ``positions``, which must contain every supervised position (e.g.
+            :func:`~mllm_align.models.supervised_positions`); supervised targets outside are dropped.
         labels: ``[B, L]`` (-100 = ignored).
         weights: ``[B, L-1]`` (detached; values at ignored targets are not used).
+        positions: ``[P]`` sorted sequence positions of the logits' rows; None: every position.
     """
-    valid = labels[:, 1:] != IGNORE_INDEX  # (B, L-1)
+    if positions is None:
+        logits, targets, w_all = logits[:, :-1], labels[:, 1:], weights  # (B, L-1, V), (B, L-1) x2
+    else:
+        targets, w_all = labels[:, positions + 1], weights[:, positions]  # (B, P), (B, P)
+    valid = targets != IGNORE_INDEX
     if not valid.any():
         return logits.sum() * 0.0
-    rows = logits[:, :-1][valid].float()  # (N, V) supervised rows only
-    ce = F.cross_entropy(rows, labels[:, 1:][valid], reduction='none')  # (N,)
-    w = weights.detach()[valid].to(ce.dtype)  # (N,)
+    rows = logits[valid].float()  # (N, V) supervised rows only
+    ce = F.cross_entropy(rows, targets[valid], reduction='none')  # (N,)
+    w = w_all.detach()[valid].to(ce.dtype)  # (N,)
     return (w * ce).sum() / w.sum().clamp_min(1e-6)
 
 
@@ -276,27 +303,56 @@ class CAL:
         return (f'CAL(alpha={self.alpha}, beta={self.beta}, window={self.window}, '
                 f'pooling={self.pooling!r}, no_image_pass={self.no_image_pass!r})')
 
+    def logits_positions(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The with-image logits :meth:`compute_loss` needs: ``[P]`` positions, or None for all of them.
+
+        ``'sample'`` pooling reads only supervised targets: :func:`~mllm_align.models.supervised_positions`
+        (pass them as HF ``logits_to_keep``). ``'flat'`` pooling reads every position: None.
+        """
+        return supervised_positions(labels) if self.pooling == 'sample' else None
+
     @torch.no_grad()
-    def no_image_gold_logits(self, model: Any, inputs: MultimodalInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def no_image_gold_logits(self, model: Any, inputs: MultimodalInputs,
+                             targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Gold-token logits without the image, aligned with the shifted labels.
 
-        Runs ``model.run_llm`` once under ``no_grad`` in the model's current train/eval mode.
+        Runs ``model.run_llm`` once under ``no_grad`` in the model's current train/eval mode (skipped when
+        no sample has an image, or no needed target has an image-free prediction to keep). With
+        ``targets`` and a model whose LLM accepts HF ``logits_to_keep`` (``model._logits_to_keep``),
+        lm_head runs only on the rows that predict those targets: ``[B', P', V]`` logits, P' the union
+        over the samples of the (compact) predictor positions, instead of ``[B', Lc, V]`` (``[B, P, V]``
+        instead of ``[B, L, V]`` for ``'mask'``).
+
+        Args:
+            model: the :class:`LLaVAModel`.
+            inputs: the spliced batch (needs ``labels``).
+            targets: ``[B, L-1]`` bool, the shifted targets whose image-free logit is needed; None: all.
 
         Returns:
-            ``gold_noimg [B, L-1]`` fp32 and ``has_noimg [B, L-1]`` bool (True where defined).
+            ``gold_noimg [B, L-1]`` fp32 and ``has_noimg [B, L-1]`` bool (True where defined). With
+            ``targets``, values outside ``targets`` may be left at 0 / False.
         """
         labels = inputs.labels
         B, L = labels.shape
         gold_ids = gold_token_ids(labels)  # (B, L-1)
+        keep = targets is not None and bool(getattr(model, '_logits_to_keep', False))
         if self.no_image_pass == 'mask':
             masked = MultimodalInputs(
                 inputs_embeds=inputs.inputs_embeds,
                 attention_mask=inputs.attention_mask.bool() & ~inputs.image_mask,
                 position_ids=inputs.position_ids, image_mask=torch.zeros_like(inputs.image_mask),
                 labels=None, input_ids=inputs.input_ids)
-            logits = model.run_llm(masked).logits  # (B, L, V)
-            gold = logits[:, :-1].gather(-1, gold_ids[..., None]).squeeze(-1).float()  # (B, L-1)
-            return gold, torch.isfinite(gold)
+            if not keep:
+                logits = model.run_llm(masked).logits  # (B, L, V)
+                gold = logits[:, :-1].gather(-1, gold_ids[..., None]).squeeze(-1).float()  # (B, L-1)
+                return gold, torch.isfinite(gold)
+            positions = targets.any(0).nonzero().squeeze(1)  # (P,) shifted index t = predictor position
+            if positions.numel() == 0:
+                return torch.zeros(B, L - 1, device=labels.device), torch.zeros_like(targets)
+            logits = model.run_llm(masked, logits_to_keep=positions).logits  # (B, P, V)
+            gold = torch.zeros(B, L - 1, dtype=torch.float32, device=labels.device)
+            gold[:, positions] = logits.gather(-1, gold_ids[:, positions, None]).squeeze(-1).float()
+            return gold, torch.isfinite(gold) & targets
 
         gold = torch.zeros(B, L - 1, dtype=torch.float32, device=labels.device)
         has = torch.zeros(B, L - 1, dtype=torch.bool, device=labels.device)
@@ -307,35 +363,58 @@ class CAL:
         if rows.numel() == 0:
             return gold, has  # gold_noimg is replaced by gold_img where Δ = 0 (see compute_loss)
         compact, dest = drop_image_tokens(inputs, rows)  # dest: (B', L) compact index or -1
-        logits = model.run_llm(compact).logits  # (B', Lc, V)
         # Compact target c is predicted by compact slot c - 1; its gold id is the original label.
-        b_idx, t_idx = (dest >= 1).nonzero(as_tuple=True)  # compact index <= original, so t >= 1
-        c_idx = dest[b_idx, t_idx]
+        need = dest >= 1  # (B', L) compact index <= original, so t >= 1
+        if targets is not None:
+            need[:, 1:] &= targets[rows]  # target t is shifted index t - 1
+        b_idx, t_idx = need.nonzero(as_tuple=True)
+        pred = dest[b_idx, t_idx] - 1  # (N,) compact predictor slot
+        if keep:
+            if pred.numel() == 0:
+                return gold, has
+            slots = torch.unique(pred)  # (P',) sorted union over the samples
+            logits = model.run_llm(compact, logits_to_keep=slots).logits  # (B', P', V)
+            pred = torch.searchsorted(slots, pred)  # row of each predictor in the kept logits
+        else:
+            logits = model.run_llm(compact).logits  # (B', Lc, V)
         ids = gold_ids[rows][b_idx, t_idx - 1]  # gold id of target t (shifted index t - 1)
-        values = logits[b_idx, c_idx - 1].gather(-1, ids[:, None]).squeeze(-1).float()  # (N,)
+        values = logits[b_idx, pred].gather(-1, ids[:, None]).squeeze(-1).float()  # (N,)
         gold[rows[b_idx], t_idx - 1] = values
         has[rows[b_idx], t_idx - 1] = True
         return gold, has
 
-    def compute_loss(self, model: Any, inputs: MultimodalInputs,
-                     logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def compute_loss(self, model: Any, inputs: MultimodalInputs, logits: torch.Tensor,
+                     positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The CAL-weighted ``loss_lm`` and diagnostics for one batch.
+
+        With ``'sample'`` pooling the no-image pass computes logits only where a supervised target is
+        predicted, if the LLM accepts ``logits_to_keep`` (see :meth:`no_image_gold_logits`).
 
         Args:
             model: the :class:`LLaVAModel` (its ``run_llm`` runs the no-image pass).
-            inputs: the spliced batch of the with-image pass (needs ``labels``).
-            logits: ``[B, L, V]`` logits of the with-image pass (with grad).
+            inputs: the spliced batch of the with-image pass (needs ``labels [B, L]``).
+            logits: logits of the with-image pass (with grad): ``[B, L, V]``, or ``[B, P, V]`` at
+                ``positions``.
+            positions: ``[P]`` the sequence positions of the rows of ``logits`` (HF ``logits_to_keep``),
+                as given by :meth:`logits_positions` (or any sorted superset); None: every position.
 
         Returns:
             ``{'loss_lm': weighted CE, 'cal/weight_mean': mean weight over valid targets,
             'cal/delta_mean': mean Δ over valid targets}``; only ``loss_lm`` carries a gradient.
+
+        Raises:
+            ValueError: no labels, or ``positions`` with ``'flat'`` pooling (which reads every position).
         """
         labels = inputs.labels
         if labels is None:
             raise ValueError('CAL needs `labels` in the batch (it re-weights the training loss).')
-        gold_img = gather_gold_logits(logits.detach(), labels)  # (B, L-1)
+        if positions is not None and self.pooling != 'sample':
+            raise ValueError("CAL pooling='flat' reads every position: pass full logits (positions=None).")
+        valid = labels[:, 1:] != IGNORE_INDEX  # (B, L-1)
+        gold_img = gather_gold_logits(logits.detach(), labels, positions)  # (B, L-1)
         try:
-            gold_noimg, has_noimg = self.no_image_gold_logits(model, inputs)
+            gold_noimg, has_noimg = self.no_image_gold_logits(
+                model, inputs, targets=valid if self.pooling == 'sample' else None)
         finally:
             # Plug-ins that keep the image mask between passes (MoCa) must see the with-image mask
             # again: activation checkpointing re-runs the with-image layers during backward.
@@ -348,12 +427,11 @@ class CAL:
         weights = cal_token_weights_from_gold(gold_img, gold_noimg, labels, alpha=self.alpha,
                                               beta=self.beta, window=self.window, pooling=self.pooling,
                                               has_noimg=has_noimg)
-        valid = labels[:, 1:] != IGNORE_INDEX
         defined = valid & has_noimg
         delta = gold_img - gold_noimg
         zero = gold_img.new_zeros(())
         return {
-            'loss_lm': cal_loss(logits, labels, weights),
+            'loss_lm': cal_loss(logits, labels, weights, positions),
             'cal/weight_mean': weights[valid].mean() if valid.any() else zero,
             'cal/delta_mean': delta[defined].mean() if defined.any() else zero,
         }

@@ -99,8 +99,10 @@ class LLaVAModel(BaseModel):
 
     * ``moca``: an ``nn.Module`` with ``attach(llm)`` (hooks the decoder layers once) and
       ``set_image_mask(image_mask [B, L] | None)``, called before every LLM pass.
-    * ``cal``: an object with ``compute_loss(model, inputs, logits) -> dict`` that replaces the plain
-      ``loss_lm``.
+    * ``cal``: an object with ``compute_loss(model, inputs, logits [B, L, V]) -> dict`` that replaces
+      the plain ``loss_lm``. Optionally ``logits_positions(labels [B, L]) -> [P] | None``: the
+      with-image logits it needs (HF ``logits_to_keep``; None: all); compute_loss is then called as
+      ``compute_loss(model, inputs, logits [B, P, V], positions)``.
     * ``visual_words``: an ``nn.Module`` with ``compute_loss(model, inputs, logits) -> dict`` (added
       to the losses), a ``pif`` flag and ``pseudo_image_features(features [N, P, D], embed_weight
       [V, D]) -> [N, P, D]`` applied to projected image features when ``pif`` is set;
@@ -235,9 +237,11 @@ class LLaVAModel(BaseModel):
     def compute_loss(self, data: dict) -> dict[str, torch.Tensor]:
         """Next-token cross-entropy over supervised tokens: ``{'loss_lm': mean CE}``, plus the plug-ins' losses.
 
-        Without CAL and visual words (which read logits at every position), the LLM computes logits only
-        at the positions that predict a label in some sample of the batch (HF ``logits_to_keep``): in
+        Without visual words (which read logits at every position), the LLM computes logits only at the
+        positions that predict a label in some sample of the batch (HF ``logits_to_keep``): in
         pre-training that skips lm_head and the ``[B, L, V]`` logits over the image and prompt tokens.
+        With CAL the positions come from ``cal.logits_positions`` (:meth:`CAL.logits_positions`: all of
+        them for ``'flat'`` pooling), and CAL's no-image pass keeps only the rows it needs as well.
         """
         inputs = self.prepare_inputs(data)
         if inputs.labels is None:
@@ -246,6 +250,12 @@ class LLaVAModel(BaseModel):
             positions = supervised_positions(inputs.labels)  # (P,)
             logits = self.run_llm(inputs, logits_to_keep=positions).logits  # (B, P, V)
             return {'loss_lm': causal_lm_loss(logits, inputs.labels, positions)}
+        if (self.cal is not None and self.visual_words is None and self._logits_to_keep
+                and hasattr(self.cal, 'logits_positions')):
+            positions = self.cal.logits_positions(inputs.labels)  # (P,), or None: every position
+            keep = {} if positions is None else {'logits_to_keep': positions}
+            logits = self.run_llm(inputs, **keep).logits  # (B, P, V), or (B, L, V)
+            return dict(self.cal.compute_loss(self, inputs, logits, positions))
         logits = self.run_llm(inputs).logits  # (B, L, V)
         if self.cal is not None:
             losses = dict(self.cal.compute_loss(self, inputs, logits))

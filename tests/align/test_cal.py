@@ -17,7 +17,7 @@ from mllm_align.align import CAL, cal_loss, cal_token_weights, cal_token_weights
 from mllm_align.align.cal import drop_image_tokens, gather_gold_logits
 from mllm_align.constants import IGNORE_INDEX as IGN
 from mllm_align.constants import IMAGE_TOKEN_INDEX as IMG
-from mllm_align.models import LLaVAModel, MultimodalInputs, VisionTower, load_llm
+from mllm_align.models import LLaVAModel, MultimodalInputs, VisionTower, load_llm, supervised_positions
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / 'projects' / 'cal' / 'configs').glob('*/*.py'))
@@ -331,6 +331,135 @@ def test_cal_with_lora_on_qwen2(tiny_assets):
     lora_grads = [p.grad for n, p in model.named_parameters() if 'lora_' in n and p.requires_grad]
     assert lora_grads and all(g is not None for g in lora_grads)
     assert any(g.abs().sum() > 0 for g in lora_grads)
+
+
+def _ragged_batch(bos: bool = True) -> dict:
+    """Five samples of different lengths, right-padded: image after BOS; no image; image first; an image
+    but no supervised token; text, image, text (image mid-sequence)."""
+    torch.manual_seed(2)
+    b = [1] if bos else [5]
+    rows = [(b + [IMG, 5, 6, 7, 8, 9], [IGN, IGN, IGN, 6, 7, 8, 9]),
+            (b + [8, 9, 10, 11], [IGN, IGN, 9, 10, 11]),
+            ([IMG, 5, 6, 7], [IGN, 5, 6, 7]),
+            (b + [IMG, 5, 6], [IGN] * 4),
+            (b + [12, 13, IMG, 14, 15, 16, 17, 18], [IGN, IGN, IGN, IGN, 14, 15, IGN, 17, 18])]
+    L = max(len(ids) for ids, _ in rows)
+    pad = lambda x, v: x + [v] * (L - len(x))  # noqa: E731
+    return dict(input_ids=torch.tensor([pad(ids, 0) for ids, _ in rows]),
+                attention_mask=torch.tensor([pad([1] * len(ids), 0) for ids, _ in rows]).bool(),
+                labels=torch.tensor([pad(lab, IGN) for _, lab in rows]),
+                pixel_values=torch.randn(4, 3, 32, 32))
+
+
+def _cal_loss_and_grads(model: LLaVAModel, data: dict) -> tuple[dict, dict]:
+    model.zero_grad(set_to_none=True)
+    losses = model(data, mode='loss')
+    losses['loss_lm'].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in losses.items()}, grads
+
+
+@pytest.mark.parametrize('llm,setup,cal', [
+    ('llama', 'frozen', {}), ('qwen2', 'frozen', {}), ('llama', 'unfrozen', {}), ('qwen2', 'lora', {}),
+    ('llama', 'lora', dict(no_image_pass='mask')), ('qwen2', 'frozen', dict(window=5, alpha=0.5)),
+    ('mistral', 'frozen', {}), ('phi3', 'frozen', {})])
+def test_kept_logits_cal_equals_full_logits_cal(tiny_assets, extra_llms, llm, setup, cal):
+    """Both CAL passes on kept logits: the loss, diagnostics and gradients of the full-logits path, and
+    the LLM computes [B, P, V] (with image) and [B', P', V] (without) logits."""
+    path = extra_llms / llm if llm in ('mistral', 'phi3') else REPO / 'data' / 'tiny' / 'llm' / llm
+    kwargs = {'unfrozen': dict(freeze_llm=False), 'frozen': {},
+              'lora': dict(llm_lora=dict(r=4, lora_alpha=8, lora_dropout=0.0, bias='none',
+                                         task_type='CAUSAL_LM'))}[setup]
+    model = _model(path, cal=dict(type=CAL, **cal), **kwargs)
+    assert model._logits_to_keep
+    data = _ragged_batch(bos=llm != 'qwen2')
+    inputs = model.prepare_inputs(data)
+    B, L = inputs.labels.shape
+    seen = []
+    model.llm.register_forward_hook(lambda m, a, out: seen.append(tuple(out.logits.shape)))
+    kept, kept_grads = _cal_loss_and_grads(model, data)
+    model._logits_to_keep = False
+    full, full_grads = _cal_loss_and_grads(model, data)
+    positions = supervised_positions(inputs.labels)
+    V = seen[-1][-1]
+    with_image = int(inputs.image_mask.any(1).sum())
+    assert seen[0] == (B, positions.numel(), V) and positions.numel() < L - 1
+    if cal.get('no_image_pass') == 'mask':
+        assert seen[1] == (B, positions.numel(), V) and seen[3] == (B, L, V)
+    else:  # compact: the slots predicting a supervised target in some sample with an image
+        Lc = seen[3][1]
+        assert seen[1][0] == with_image == seen[3][0] and 0 < seen[1][1] < Lc - 1
+    assert seen[2] == (B, L, V) and len(seen) == 4
+    assert kept.keys() == full.keys() == {'loss_lm', 'cal/weight_mean', 'cal/delta_mean'}
+    for k in kept:
+        torch.testing.assert_close(kept[k], full[k], rtol=1e-6, atol=1e-6)
+    assert kept['cal/weight_mean'] > cal.get('alpha', 1.0)  # the image matters: not all weights at alpha
+    assert kept_grads.keys() == full_grads.keys()
+    assert any(n.startswith('projector.') for n in kept_grads)
+    if setup != 'frozen':
+        assert any(n.startswith('llm.') for n in kept_grads)
+    for n in kept_grads:
+        torch.testing.assert_close(kept_grads[n], full_grads[n], rtol=1e-5, atol=1e-6)
+    assert any(g.abs().sum() > 0 for n, g in kept_grads.items() if n.startswith('llm.') or setup == 'frozen')
+
+
+def test_kept_logits_cal_pieces_and_flat_pooling(tiny_assets):
+    """gather_gold_logits/cal_loss at positions equal the full versions; 'flat' keeps full logits."""
+    model = _model(REPO / 'data' / 'tiny' / 'llm' / 'llama')
+    inputs = model.prepare_inputs(_ragged_batch())
+    labels = inputs.labels
+    with torch.no_grad():
+        logits = model.run_llm(inputs).logits  # (B, L, V)
+    positions = supervised_positions(labels)
+    valid = labels[:, 1:] != IGN
+    gold = gather_gold_logits(logits, labels)
+    gold_kept = gather_gold_logits(logits[:, positions], labels, positions)
+    assert (gold_kept[valid] == gold[valid]).all() and (gold_kept[:, ~valid.any(0)] == 0).all()
+    w = torch.rand(valid.shape) + 0.5
+    torch.testing.assert_close(cal_loss(logits[:, positions], labels, w, positions),
+                               cal_loss(logits, labels, w))
+    # A batch without any supervised target: a zero loss with a graph, no no-image pass needed.
+    none = torch.full_like(labels, IGN)
+    empty = torch.zeros(labels.shape[0], 0, logits.shape[-1], requires_grad=True)
+    out = cal_loss(empty, none, w, supervised_positions(none))
+    assert out.item() == 0.0 and out.requires_grad
+    seen = []
+    handle = model.llm.register_forward_hook(lambda m, a, out: seen.append(tuple(out.logits.shape)))
+    data = _ragged_batch()
+    data['labels'][:] = IGN
+    out = model(data, mode='loss')
+    handle.remove()
+    assert out['loss_lm'].item() == 0.0 and out['loss_lm'].requires_grad and seen == [(5, 0, logits.shape[-1])]
+    # 'flat' pooling reads every position: no positions, full logits, and positions are rejected.
+    flat = CAL(pooling='flat')
+    assert flat.logits_positions(labels) is None and torch.equal(model.cal.logits_positions(labels), positions)
+    with pytest.raises(ValueError, match='flat'):
+        flat.compute_loss(model, inputs, logits[:, positions], positions)
+    model_flat = _model(REPO / 'data' / 'tiny' / 'llm' / 'llama', cal=dict(type=CAL, pooling='flat'))
+    seen = []
+    model_flat.llm.register_forward_hook(lambda m, a, out: seen.append(tuple(out.logits.shape)))
+    kept = model_flat(_ragged_batch(), mode='loss')
+    model_flat._logits_to_keep = False
+    full = model_flat(_ragged_batch(), mode='loss')
+    assert seen[0] == seen[2] == tuple(logits.shape) and seen[1] == seen[3]
+    for k in kept:
+        torch.testing.assert_close(kept[k], full[k])
+
+
+class _FullLogitsPlugin:
+    """A CAL-style plug-in with only ``compute_loss(model, inputs, logits)``: it gets full logits."""
+
+    def compute_loss(self, model, inputs, logits):
+        self.shape = tuple(logits.shape)
+        return {'loss_lm': logits.float().mean()}
+
+
+def test_cal_plugin_without_logits_positions_gets_full_logits(tiny_assets):
+    model = _model(REPO / 'data' / 'tiny' / 'llm' / 'llama', cal=dict(type=_FullLogitsPlugin))
+    data = _ragged_batch()
+    model(data, mode='loss')
+    B, L = model.prepare_inputs(data).labels.shape
+    assert model._logits_to_keep and model.cal.shape[:2] == (B, L)
 
 
 class _RecordingMoCa(torch.nn.Module):
