@@ -21,7 +21,7 @@ import copyreg
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 import torch

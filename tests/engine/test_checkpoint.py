@@ -1,5 +1,4 @@
 """Checkpoint safety: atomic writes, weights_only loading with an explicit allow-list."""
-import io
 import os
 import pickle
 
