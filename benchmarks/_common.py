@@ -80,3 +80,19 @@ def run_variants(script: str, variants: list[str], options: dict, threads: int) 
             results[variant].update(run_child(cmd, threads, memory=measure == 'memory', what=f'{variant} ({measure})'))
         print(f'{variant}: {results[variant]}', file=sys.stderr)
     return results
+
+
+def print_report(results: dict[str, dict], ref_name: str, threads: int, digits: int = 2) -> None:
+    """The machine line and the markdown table of peak memory and step time, each as a ratio to ``ref_name``."""
+    import datetime
+    import platform
+
+    print(f'Date {datetime.date.today()}; {platform.machine()} {os.cpu_count()} cores; torch threads {threads}; '
+          f'python {platform.python_version()}\n')
+    ref = results.get(ref_name)
+    print(f'| variant | peak memory of the step (MiB) | vs {ref_name} | step time fwd+bwd (s) | vs {ref_name} | loss |')
+    print('|---|---|---|---|---|---|')
+    for variant, r in results.items():
+        mem = f'{r["peak_mib"] / ref["peak_mib"]:.{digits}f}x' if ref else '–'
+        tim = f'{r["step_s"] / ref["step_s"]:.{digits}f}x' if ref else '–'
+        print(f'| {variant} | {r["peak_mib"]:.0f} | {mem} | {r["step_s"]:.3f} | {tim} | {r["loss"]:.6f} |')

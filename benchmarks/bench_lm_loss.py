@@ -23,14 +23,11 @@ steps after a warm-up. Prints a markdown table for ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import measure_step, run_variants  # noqa: E402
+from _common import measure_step, print_report, run_variants  # noqa: E402
 
 VARIANTS = ('seed', 'full', 'kept')
 
@@ -100,15 +97,7 @@ def main() -> None:
     print(f'\nB={B}, L={L} (BOS + 576 image + {args.caption} caption), V={V}, D={args.hidden}, '
           f'{args.layers} layers, {args.dtype}; one [B, L, V] {args.dtype} tensor = '
           f'{B * L * V * (4 if args.dtype == "float32" else 2) / 2**20:.0f} MiB')
-    print(f'Date {datetime.date.today()}; {platform.machine()} {os.cpu_count()} cores; torch threads {args.threads}; '
-          f'python {platform.python_version()}\n')
-    ref = results.get('seed')
-    print('| variant | peak memory of the step (MiB) | vs seed | step time fwd+bwd (s) | vs seed | loss |')
-    print('|---|---|---|---|---|---|')
-    for variant, r in results.items():
-        mem = f'{r["peak_mib"] / ref["peak_mib"]:.2f}x' if ref else '–'
-        tim = f'{r["step_s"] / ref["step_s"]:.2f}x' if ref else '–'
-        print(f'| {variant} | {r["peak_mib"]:.0f} | {mem} | {r["step_s"]:.3f} | {tim} | {r["loss"]:.6f} |')
+    print_report(results, 'seed', args.threads, digits=2)
 
 
 if __name__ == '__main__':

@@ -31,14 +31,11 @@ Prints a markdown table for ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import measure_step, run_variants  # noqa: E402
+from _common import measure_step, print_report, run_variants  # noqa: E402
 
 VARIANTS = ('vw', 'gathered', 'dense', 'seed', 'ce', 'ce+vw', 'ce+dense')
 
@@ -136,15 +133,7 @@ def main() -> None:
     B, L, V = args.batch, args.length, args.vocab
     print(f'\nB={B}, L={L}, V={V}, D={args.hidden}, {args.slots} image slots per sample; one [B, L, V] float32 '
           f'tensor = {B * L * V * 4 / 2**20:.0f} MiB')
-    print(f'Date {datetime.date.today()}; {platform.machine()} {os.cpu_count()} cores; torch threads {args.threads}; '
-          f'python {platform.python_version()}\n')
-    ref = results.get('vw')
-    print('| variant | peak memory of the step (MiB) | vs vw | step time fwd+bwd (s) | vs vw | loss |')
-    print('|---|---|---|---|---|---|')
-    for variant, r in results.items():
-        mem = f'{r["peak_mib"] / ref["peak_mib"]:.1f}x' if ref else '–'
-        tim = f'{r["step_s"] / ref["step_s"]:.1f}x' if ref else '–'
-        print(f'| {variant} | {r["peak_mib"]:.0f} | {mem} | {r["step_s"]:.3f} | {tim} | {r["loss"]:.6f} |')
+    print_report(results, 'vw', args.threads, digits=1)
     if {'ce', 'ce+vw', 'ce+dense'} <= results.keys():
         extra_vw = results['ce+vw']['peak_mib'] - results['ce']['peak_mib']
         extra_dense = results['ce+dense']['peak_mib'] - results['ce']['peak_mib']
