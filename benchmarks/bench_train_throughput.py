@@ -28,7 +28,7 @@ def run(config: str, nproc: int, iters: int, batch: int, port: int) -> dict:
         cmd = ['bash', 'tools/dist.sh', 'train', config, str(nproc), '--work-dir', tmp, '--cfg-options',
                'train_cfg.max_epochs=None', f'train_cfg.max_iters={iters}', 'custom_hooks=[]',
                f'default_hooks.checkpoint.interval={iters}', 'default_hooks.logger.interval=1',
-               f'train_dataloader.batch_size={batch}']
+               f'batch_size={batch}']  # PART 1: the dataloader and its length-grouped sampler
         env = dict(os.environ, PORT=str(port), PYTHON=sys.executable)
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         if proc.returncode != 0:

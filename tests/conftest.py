@@ -24,6 +24,26 @@ def free_port() -> int:
 
 
 @pytest.fixture(autouse=True)
+def _no_leaked_mllm_align_env():
+    """Fail a test that leaves an ``MLLM_ALIGN_*`` variable changed (and restore it).
+
+    These variables switch safety and fault injection (``MLLM_ALIGN_TRUST_CHECKPOINT``,
+    ``MLLM_ALIGN_LAUNCHER_PID``, ``MLLM_ALIGN_CRASH_*``); a leaked one silently changes every later
+    test and every subprocess it starts.
+    """
+    import os
+    before = {k: v for k, v in os.environ.items() if k.startswith('MLLM_ALIGN_')}
+    yield
+    after = {k: v for k, v in os.environ.items() if k.startswith('MLLM_ALIGN_')}
+    if after != before:
+        for key in set(after) - set(before):
+            del os.environ[key]
+        os.environ.update(before)
+        pytest.fail(f'the test changed MLLM_ALIGN_* environment variables: {before} -> {after}; '
+                    'use monkeypatch.setenv/delenv so they are restored')
+
+
+@pytest.fixture(autouse=True)
 def _clear_mmengine_singletons():
     """mmengine keeps global MessageHub/MMLogger/Visualizer instances; clear them between tests."""
     yield

@@ -8,12 +8,22 @@ The model is rebuilt from CONFIG (frozen base weights from its model paths) and 
 trained weights are loaded on top; LoRA adapters are merged. The image processor comes from
 --image-processor, else the config (``image_processor``), else the vision tower directory.
 
+The export is made for evaluation harnesses (lmms-eval ``llava_hf``, VLMEvalKit): its chat template
+is the one the model was trained with, taken from CONFIG (``model.template``, else the train
+dataset's ``template``; ``plain``, ``vicuna_v1``, ``llama3``, ``qwen2``, ``phi3``, ``mistral``), so
+``processor.apply_chat_template(messages, add_generation_prompt=True)`` with
+``{"type": "image"}`` / ``{"type": "text"}`` content gives the training prompt; the image processor
+pads to a square when the train dataset did (``pad_image_to_square``, default True); the
+tokenizer adds no BOS of its own and returns no ``token_type_ids``, so ``processor(images=...,
+text=prompt, return_tensors="pt")`` goes straight into ``model.generate(**inputs)``, which stops at
+the template's stop tokens.
+
 By default the export is verified: it is loaded back with ``from_pretrained`` and its logits on
 one synthetic sample (a random image + a short prompt) are compared with the mllm_align model's;
 the script exits with status 1 if the max abs difference exceeds --atol.
 
-Note: mllm_align pads images to square before the image processor; HF's LlavaProcessor does not
-(see mllm_align/models/export.py). Feed square images to reproduce mllm_align's inputs exactly.
+The saved processor is also loaded back and checked against mllm_align's own prompt ids and
+pixel values (a mismatch stops the export).
 """
 from __future__ import annotations
 
@@ -25,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from mllm_align.engine.checkpoint import UnsafeCheckpointError, add_trust_checkpoint_argument  # noqa: E402
 from mllm_align.models.export import (build_model_from_config, compare_logits,  # noqa: E402
-                                      export_llava_to_hf, image_processor_from_config)
+                                      export_llava_to_hf, export_settings_from_config,
+                                      image_processor_from_config)
 
 # Default tolerance on max |logit diff|. An fp32 export matches to rounding. A half-precision
 # export is by default verified in fp32 (weights upcast exactly); what remains is the rounding of
@@ -36,7 +48,8 @@ DEFAULT_ATOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 5e-2}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', help='the mllm_align config the checkpoint was trained with')
+    parser.add_argument('config', help='the mllm_align config the checkpoint was trained with; the chat template '
+                        "(model.template) and image padding (train dataset's pad_image_to_square) come from it")
     parser.add_argument('checkpoint', help="the run's checkpoint (iter_N.pth; trained weights only)")
     parser.add_argument('out_dir', help='output directory for the HF model (must be new or empty)')
     parser.add_argument('--overwrite', action='store_true',
@@ -55,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='max abs logit difference accepted by the verification '
                              '(default: 1e-3 for a float32 export, 5e-2 for bfloat16/float16)')
     parser.add_argument('--device', default='cpu', help="device for building and verifying (e.g. 'cuda')")
+    add_trust_checkpoint_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -67,7 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     from mllm_align.models.builders import load_image_processor, resolve_dtype
 
     cfg = Config.fromfile(args.config)
-    model = build_model_from_config(cfg, args.checkpoint)
+    try:
+        settings = export_settings_from_config(cfg)
+    except ValueError as exc:
+        print(f'convert_to_hf: error: {exc}', file=sys.stderr)
+        return 1
+    try:
+        model = build_model_from_config(cfg, args.checkpoint)
+    except UnsafeCheckpointError as exc:
+        print(f'convert_to_hf: error: {exc}', file=sys.stderr)
+        return 1
     if args.dtype is not None:
         model.to(resolve_dtype(args.dtype))
     model.to(args.device)
@@ -75,10 +98,13 @@ def main(argv: list[str] | None = None) -> int:
                        else image_processor_from_config(cfg))
     out = export_llava_to_hf(model, args.out_dir, image_processor=image_processor, overwrite=args.overwrite,
                              source_config=str(Path(args.config).resolve()),
-                             source_checkpoint=str(Path(args.checkpoint).resolve()))
+                             source_checkpoint=str(Path(args.checkpoint).resolve()), **settings)
 
     rows = [('output', str(out)), ('image processor', type(image_processor).__name__ if image_processor
-                                   else 'none (no LlavaProcessor saved)')]
+                                   else 'none (no LlavaProcessor saved)'),
+            ('chat template', f"{settings['template']} (from the config)" if settings['template']
+             else "the tokenizer's own (the config sets no template)"),
+            ('image padding', 'pad to square (as training)' if settings['pad_image_to_square'] else 'none')]
     status = 0
     if not args.no_verify:
         export_dtype = next(model.llm.parameters()).dtype

@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: image files not found: {missing}', file=sys.stderr)
         return 2
 
-    from PIL import Image
-
     from mllm_align.align.visual_words_viz import visualize_image
+    from mllm_align.data.image_loading import load_image
     from mllm_align.models.export import build_model_from_config, image_processor_from_config
 
     try:
@@ -65,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = []
         for path in args.images:
-            with Image.open(path) as img:
-                drawing, records = visualize_image(model, img, image_processor, top_k=args.top_k,
-                                                   cell_px=args.cell_size, pad_to_square=not args.no_pad)
+            img = load_image(path)  # size guard, EXIF, bit depth, alpha: as in training
+            drawing, records = visualize_image(model, img, image_processor, top_k=args.top_k,
+                                               cell_px=args.cell_size, pad_to_square=not args.no_pad)
             stem = Path(path).stem
             png, js = out_dir / f'{stem}_visual_words.png', out_dir / f'{stem}_visual_words.json'
             drawing.save(png)
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                                      ensure_ascii=False, indent=1), encoding='utf-8')
             distinct = len({r['argmax_id'] for r in records})
             rows.append((stem, f'{grid}x{grid}', distinct, str(png), str(js)))
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
 

@@ -1,6 +1,7 @@
 """Data pipeline of the LLaVA-style trainer: chat templates, the lazy LLaVA JSON dataset,
 image preprocessing, collate and the length-grouped sampler."""
 from .collate import llava_collate_fn
+from .image_loading import ImageTooLargeError, UnreadableImageError, load_image, read_image_size, to_rgb
 from .image_processing import background_color, expand2square, process_images
 from .json_index import JsonRecords, MalformedRecordError, index_json_array, index_jsonl
 from .llava_dataset import (BAD_SAMPLE_CAUSES, BadSampleError, ConcatDataset, LLaVADataset,
@@ -11,7 +12,8 @@ from .templates import (TEMPLATES, ChatTemplate, ConversationError, build_genera
                         register_template, render_conversation)
 
 __all__ = [
-    'llava_collate_fn', 'background_color', 'expand2square', 'process_images', 'JsonRecords',
+    'llava_collate_fn', 'ImageTooLargeError', 'UnreadableImageError', 'load_image', 'read_image_size',
+    'to_rgb', 'background_color', 'expand2square', 'process_images', 'JsonRecords',
     'MalformedRecordError', 'index_json_array', 'index_jsonl', 'BAD_SAMPLE_CAUSES',
     'BadSampleError', 'ConcatDataset', 'LLaVADataset', 'MissingImageError', 'build_from_cfg',
     'LengthGroupedSampler', 'length_grouped_indices', 'TEMPLATES', 'ChatTemplate',

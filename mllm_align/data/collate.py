@@ -32,7 +32,7 @@ def llava_collate_fn(instances: Sequence[Mapping[str, Any]], pad_token_id: int =
         'attention_mask': BoolTensor [B, Lmax], 'pixel_values': FloatTensor [sum N_i, 3, H, W]
         or None}, 'data_samples': None}``; images in sample order. When the dataset skipped bad
         samples to fill the batch (``on_bad_sample='skip'``), ``data['skipped']`` holds
-        ``{cause: count}``.
+        ``{cause: count}``; ``data['notices']`` likewise sums the items' notices (``truncated``).
 
     Raises:
         ValueError: empty batch, mismatched ``input_ids``/``labels`` lengths, images of different
@@ -66,10 +66,11 @@ def llava_collate_fn(instances: Sequence[Mapping[str, Any]], pad_token_id: int =
         pixel_values = torch.cat(images, dim=0)  # (sum N_i, 3, H, W)
     data = {'input_ids': input_ids, 'labels': labels, 'attention_mask': attention_mask,
             'pixel_values': pixel_values}
-    skipped: dict[str, int] = {}
-    for x in instances:
-        for cause, count in (x.get('skipped') or {}).items():
-            skipped[cause] = skipped.get(cause, 0) + count
-    if skipped:
-        data['skipped'] = skipped  # bad samples skipped to fill this batch, per cause
+    for key in ('skipped', 'notices'):  # per-cause counts of skipped bad samples / notices
+        counts: dict[str, int] = {}
+        for x in instances:
+            for cause, count in (x.get(key) or {}).items():
+                counts[cause] = counts.get(cause, 0) + count
+        if counts:
+            data[key] = counts
     return {'data': data, 'data_samples': None}

@@ -6,16 +6,26 @@ whole image (Liu et al., "Improved Baselines with Visual Instruction Tuning", Se
 ``llava/mm_utils.py:expand2square``). Resize, crop and normalisation are the HF processor's
 (``CLIPImageProcessor``, ``SiglipImageProcessor``, ``BitImageProcessor``, … loaded from a local
 directory). No torchvision.
+
+Every image is first made 8-bit RGB by :func:`~mllm_align.data.image_loading.to_rgb`: 16-bit and
+float images are scaled (not clipped to white), transparent pixels are composited over
+``alpha_background`` (``'white'`` by default, ``'mean'`` for the processor's mean colour, or an
+RGB triple), never dropped. Files should be opened with
+:func:`~mllm_align.data.image_loading.load_image` (size guard, EXIF orientation).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ['expand2square', 'background_color', 'process_images']
+from .image_loading import WHITE, to_rgb
+
+__all__ = ['expand2square', 'background_color', 'resolve_background', 'process_images']
+
+AlphaBackground = Literal['white', 'mean'] | tuple[int, int, int]
 
 
 def expand2square(pil_image: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
@@ -42,28 +52,55 @@ def background_color(image_processor: Any) -> tuple[int, int, int]:
     return tuple(int(x * 255) for x in mean)  # type: ignore[return-value]
 
 
+def resolve_background(spec: AlphaBackground, image_processor: Any) -> tuple[int, int, int]:
+    """The RGB colour transparent pixels are composited over.
+
+    Args:
+        spec: ``'white'`` (255, 255, 255), ``'mean'`` (:func:`background_color` of the
+            processor: the pad colour, ≈ 0 after normalisation) or an RGB triple of 0–255 ints.
+        image_processor: consulted for ``'mean'``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(spec, str):
+        if spec == 'white':
+            return WHITE
+        if spec == 'mean':
+            return background_color(image_processor)
+    elif (isinstance(spec, (tuple, list)) and len(spec) == 3
+          and all(isinstance(c, int) and 0 <= c <= 255 for c in spec)):
+        return tuple(spec)  # type: ignore[return-value]
+    raise ValueError(f"alpha_background must be 'white', 'mean' or an RGB triple of 0-255 ints, "
+                     f'got {spec!r}.')
+
+
 def process_images(images: Sequence[Image.Image], image_processor: Any,
-                   pad_to_square: bool = True) -> torch.Tensor:
+                   pad_to_square: bool = True,
+                   alpha_background: AlphaBackground = 'white') -> torch.Tensor:
     """PIL images → ``FloatTensor [N, 3, H, W]`` through ``image_processor``.
 
-    Each image is converted to RGB, optionally padded to a square (:func:`expand2square` with
-    :func:`background_color`), then resized / cropped / normalised by the processor, which fixes
-    ``H, W`` for every image.
+    Each image is converted to 8-bit RGB (:func:`~mllm_align.data.image_loading.to_rgb`: high bit
+    depths scaled, alpha composited over ``alpha_background``), optionally padded to a square
+    (:func:`expand2square` with :func:`background_color`), then resized / cropped / normalised by
+    the processor, which fixes ``H, W`` for every image.
 
     Args:
         images: N PIL images (any mode).
         image_processor: a HF image processor (callable returning ``pixel_values``).
         pad_to_square: LLaVA-1.5's ``'pad'`` aspect-ratio mode.
+        alpha_background: see :func:`resolve_background`.
 
     Raises:
-        ValueError: if ``images`` is empty.
+        ValueError: if ``images`` is empty, or a bad ``alpha_background``.
     """
     if len(images) == 0:
         raise ValueError('process_images needs at least one image.')
     fill = background_color(image_processor)
+    alpha_fill = resolve_background(alpha_background, image_processor)
     prepared = []
     for image in images:
-        image = image.convert('RGB')
+        image = to_rgb(image, alpha_fill)
         if pad_to_square:
             image = expand2square(image, fill)
         prepared.append(image)

@@ -18,38 +18,65 @@ FloatTensor [N_img, 3, H, W] or None, 'id': str}``; each image is ONE ``IMAGE_TO
 
 Length rule: effective length = text tokens + ``num_image_tokens`` per image. A longer sample is
 truncated from the end, never through an image; a sample whose images (with the text before them)
-do not fit, or that keeps no supervised token, is bad. Bad samples (malformed record, missing or
-unreadable image, ``<image>``/image count mismatch, empty conversation, unknown speaker, too long)
-raise an error naming the file, line/item, sample id, cause and fix; with
-``on_bad_sample='skip'`` they are counted per cause, logged once per cause, and the next item is
-returned instead.
+do not fit, or that keeps no supervised token, is bad.
+
+Images are read by :func:`~mllm_align.data.image_loading.load_image`: a file with more than
+``max_image_pixels`` pixels (read from the header, before decoding) is a bad sample
+(``image_too_large``); EXIF orientation is applied; 16-bit and float images are scaled to 8 bits
+and transparent pixels composited over ``alpha_background`` (white by default), as that module
+states.
+
+What happens to each kind of doubtful sample (the cause names are the keys of
+:data:`BAD_SAMPLE_CAUSES` and :data:`SAMPLE_NOTICES`):
+
+* **Bad samples** raise :class:`BadSampleError` naming the file, line (JSONL) or item and line
+  (JSON), the sample id, the cause and the fix; with ``on_bad_sample='skip'`` they are counted per
+  cause, the first of each cause is logged with its location, and the next item is returned
+  instead. Bad are: a malformed record, a missing, unreadable or too large image, an
+  ``<image>``/image count mismatch, an empty conversation, an unknown speaker, a conversation
+  whose first turn (after a system turn) is the assistant's (``starts_with_gpt``: LLaVA's own
+  loader silently drops that turn; here it is reported, since the data is then not what its
+  author meant), a gpt turn with no text (``empty_reply``: it would teach the model to answer
+  with nothing), a sample too long for its images, and one whose every supervised token is cut
+  away by truncation (``reply_truncated_away``: it would contribute no loss).
+* **Notices** do not stop training and never drop a sample; they are counted and reported by
+  :class:`~mllm_align.engine.hooks.DatasetInfoHook`: ``truncated`` (a sample cut to
+  ``max_length`` that keeps some supervised tokens; normal in long-conversation mixes, but a
+  large count means ``max_length`` is too small) travels with each item as
+  ``item['notices'] = {'truncated': 1}``; ``duplicate_id`` (the same ``id`` in several records,
+  over all files; common in public LLaVA mixes) is found at start-up from the byte index
+  without parsing (:attr:`LLaVADataset.duplicate_ids`) and logged with examples.
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from mmengine.logging import print_log
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import ConcatDataset as TorchConcatDataset
 from torch.utils.data import Dataset
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from .image_processing import process_images
+from .image_loading import (DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, UnreadableImageError,
+                            load_image)
+from .image_processing import process_images, resolve_background
 from .json_index import JsonRecords, MalformedRecordError
-from .templates import ConversationError, encode_conversation, get_template
+from .templates import ConversationError, encode_conversation, get_template, normalize_conversation
 
 __all__ = ['LLaVADataset', 'ConcatDataset', 'BadSampleError', 'MissingImageError',
-           'BAD_SAMPLE_CAUSES', 'build_from_cfg']
+           'BAD_SAMPLE_CAUSES', 'SAMPLE_NOTICES', 'DuplicateIds', 'build_from_cfg']
 
 BAD_SAMPLE_CAUSES: dict[str, str] = {
     'malformed_json': 'fix the record or remove it from the data file',
     'missing_image': 'check `image_folder` and the `image` field, or remove the sample',
     'unreadable_image': 'replace the image file or remove the sample',
+    'image_too_large': 'or remove the sample (the limit guards against decompression bombs)',
     'image_token_without_image': 'add an `image` field or remove `<image>` from the text',
     'image_without_image_token': "put one `<image>` in the human turn per image "
                                  '(or set insert_missing_image_token=True)',
@@ -58,10 +85,45 @@ BAD_SAMPLE_CAUSES: dict[str, str] = {
     'unknown_speaker': "use 'human'/'gpt' (or 'user'/'assistant', 'system') in `from`",
     'bad_turn': 'each turn needs `from` and a string `value`; a system turn only comes first',
     'image_token_in_reply': 'move `<image>` to a human turn',
+    'starts_with_gpt': 'start the conversation with a human turn (remove the leading gpt turn, '
+                       'or add the question it answers)',
+    'empty_reply': 'give every gpt turn text, or remove the empty turn and the question before it',
     'too_long': 'raise max_length, shorten the sample, or remove it',
+    'reply_truncated_away': 'raise max_length, shorten the text before the first reply, or remove '
+                            'the sample',
     'no_supervised_tokens': 'the sample needs a gpt turn with text',
 }
+SAMPLE_NOTICES: dict[str, str] = {
+    'truncated': 'samples cut to max_length (they keep some supervised tokens); raise max_length '
+                 'if this is more than a few percent',
+    'duplicate_id': 'records whose `id` another record already has (all are trained on); '
+                    'give them unique ids if anything downstream keys on `id`',
+}
 _SKIP_HINT = "Set on_bad_sample='skip' to skip such samples (they are counted and logged)."
+
+
+@dataclass(frozen=True)
+class DuplicateIds:
+    """Duplicate sample ids of a dataset, found at start-up.
+
+    Attributes:
+        num_records: records whose id an earlier record already has.
+        num_ids: distinct ids that occur more than once.
+        examples: up to 3 ``(id, [locations])`` with ``'file, line 12'``-style locations.
+    """
+
+    num_records: int = 0
+    num_ids: int = 0
+    examples: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def describe(self) -> str:
+        """One line for the log (empty when there are none)."""
+        if not self.num_records:
+            return ''
+        shown = '; '.join(f'{i!r} at {", ".join(where)}' for i, where in self.examples)
+        return (f'{self.num_records:,} records repeat the `id` of an earlier record '
+                f'({self.num_ids:,} ids occur more than once), e.g. {shown}. All of them are '
+                f'trained on; {SAMPLE_NOTICES["duplicate_id"].split("; ")[1]}.')
 
 
 class BadSampleError(ValueError):
@@ -115,12 +177,21 @@ class LLaVADataset(Dataset):
         insert_missing_image_token: for samples with images but no ``<image>`` at all, put the
             placeholders at the start of the first human turn instead of failing.
         chars_per_token: bytes of JSON per token in the length estimate.
+        max_image_pixels: largest ``width × height`` decoded, checked from the file header
+            (default 89,478,485 ≈ 9459², Pillow's warning threshold; ``None``: no limit). Larger
+            images are bad samples (``image_too_large``).
+        alpha_background: what transparent pixels are composited over: ``'white'``, ``'mean'``
+            (the image processor's mean colour, the same as the pad colour) or an RGB triple.
+        exif_transpose: apply the EXIF orientation tag (LLaVA's loader does not; False
+            reproduces it).
 
     Attributes:
         lengths: int64 ``[N]`` estimated effective lengths (no tokenization).
         modality_lengths: int64 ``[N]``: +length for samples with images, -length for text-only
             (LLaVA's convention, used by :class:`LengthGroupedSampler`).
         num_skipped: bad samples skipped so far (in this process); ``skip_counts`` per cause.
+        notice_counts: :data:`SAMPLE_NOTICES` seen so far in this process (``truncated``).
+        duplicate_ids: :class:`DuplicateIds` over all files, found at start-up.
 
     Raises:
         FileNotFoundError: a data file or ``image_folder`` does not exist.
@@ -132,9 +203,16 @@ class LLaVADataset(Dataset):
                  image_processor: Any = None, max_length: int = 2048, num_image_tokens: int = 576,
                  pad_image_to_square: bool = True,
                  on_bad_sample: Literal['raise', 'skip'] = 'raise', system: str | None = None,
-                 insert_missing_image_token: bool = False, chars_per_token: float = 4.0) -> None:
+                 insert_missing_image_token: bool = False, chars_per_token: float = 4.0,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 alpha_background: Literal['white', 'mean'] | tuple[int, int, int] = 'white',
+                 exif_transpose: bool = True) -> None:
         if on_bad_sample not in ('raise', 'skip'):
             raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}.")
+        if max_image_pixels is not None and (isinstance(max_image_pixels, bool)
+                                             or not isinstance(max_image_pixels, int) or max_image_pixels < 1):
+            raise ValueError(f'max_image_pixels must be a positive int or None (no limit), '
+                             f'got {max_image_pixels!r}.')
         if max_length < 1 or num_image_tokens < 1:
             raise ValueError(f'max_length ({max_length}) and num_image_tokens ({num_image_tokens}) '
                              'must be positive.')
@@ -153,6 +231,9 @@ class LLaVADataset(Dataset):
         self.on_bad_sample = on_bad_sample
         self.system = system
         self.insert_missing_image_token = insert_missing_image_token
+        self.max_image_pixels = max_image_pixels
+        self.alpha_background = resolve_background(alpha_background, self.image_processor)
+        self.exif_transpose = exif_transpose
 
         paths = [data_path] if isinstance(data_path, (str, os.PathLike)) else list(data_path)
         if not paths:
@@ -169,7 +250,12 @@ class LLaVADataset(Dataset):
         self.lengths = np.maximum(text + image_counts * self.num_image_tokens, 1)
         self.modality_lengths = np.where(image_counts > 0, self.lengths, -self.lengths)
         self.skip_counts: Counter[str] = Counter()
+        self.notice_counts: Counter[str] = Counter()
         self._warned: set[str] = set()
+        self.duplicate_ids = self._find_duplicate_ids()
+        if self.duplicate_ids.num_records:
+            print_log(f'LLaVADataset {self.data_files}: {self.duplicate_ids.describe()}',
+                      logger='current', level=logging.WARNING)
 
     # -------------------------------------------------------------- bookkeeping
     def __len__(self) -> int:
@@ -179,6 +265,66 @@ class LLaVADataset(Dataset):
     def num_skipped(self) -> int:
         """Bad samples skipped so far in this process (each DataLoader worker counts its own)."""
         return sum(self.skip_counts.values())
+
+    @property
+    def data_files(self) -> list[str]:
+        """The data files, in order."""
+        return [f.path for f in self.files]
+
+    def _find_duplicate_ids(self) -> DuplicateIds:
+        """Duplicate ids over all files, from the id hashes of the byte index.
+
+        Where ``"id"`` is each record's first key (LLaVA data) the index is exact and nothing is
+        parsed but the examples shown. Otherwise the index took the first ``"id"`` key in the
+        record's text, possibly a nested one, so when such a record's hash repeats, the records
+        whose hashes repeat are parsed and grouped by their real id (a record whose nested id
+        hides a duplicate top-level id is missed).
+        """
+        hashes = np.concatenate([f.id_hashes for f in self.files])
+        has_id = np.concatenate([f.has_id for f in self.files])
+        exact = np.concatenate([f.id_exact for f in self.files])
+        index = np.flatnonzero(has_id)
+        if len(index) < 2:
+            return DuplicateIds()
+        order = index[np.argsort(hashes[index], kind='stable')]  # equal ids: ascending index
+        sorted_hashes = hashes[order]
+        same = sorted_hashes[1:] == sorted_hashes[:-1]
+        if not same.any():
+            return DuplicateIds()
+        repeated = np.zeros(len(order), dtype=bool)  # members of a group of equal hashes
+        repeated[1:] |= same
+        repeated[:-1] |= same
+        members, keys = order[repeated], sorted_hashes[repeated]
+        groups = np.split(members, np.flatnonzero(keys[1:] != keys[:-1]) + 1)
+        if not exact[members].all():
+            by_id: dict[str, list[int]] = {}
+            for member in sorted(int(m) for m in members):
+                record = self.get_record_or_none(member)
+                value = record.get('id') if isinstance(record, dict) else None
+                if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                    by_id.setdefault(str(value), []).append(member)
+            groups = [np.asarray(g) for g in by_id.values() if len(g) > 1]
+        if not groups:
+            return DuplicateIds()
+        groups.sort(key=lambda g: int(g[0]))  # earliest first
+        examples = []
+        for g in groups[:3]:
+            record = self.get_record_or_none(int(g[0]))
+            sample_id = str(record.get('id')) if isinstance(record, dict) else '?'
+            where = []
+            for m in g[:3]:
+                records, local = self._locate(int(m))
+                where.append(f'{records.path}, {records.location(local)}')
+            examples.append((sample_id, tuple(where)))
+        return DuplicateIds(num_records=sum(len(g) - 1 for g in groups), num_ids=len(groups),
+                            examples=tuple(examples))
+
+    def get_record_or_none(self, index: int) -> Any:
+        """:meth:`get_record`, or None for a malformed record."""
+        try:
+            return self.get_record(index)
+        except MalformedRecordError:
+            return None
 
     @property
     def metainfo(self) -> dict:
@@ -217,15 +363,19 @@ class LLaVADataset(Dataset):
                 # workers still reach DatasetInfoHook in the main process.
                 item['skipped'] = dict(skipped)
             return item
-        raise RuntimeError(f'Every one of the {n} samples is bad (causes: {dict(self.skip_counts)}); '
-                           'nothing to train on.')
+        raise RuntimeError(f'Every one of the {n} samples of {self.data_files} is bad (causes: '
+                           f'{dict(self.skip_counts)}); nothing to train on. Set '
+                           "on_bad_sample='raise' to see the first one with its location and fix.")
 
     def _record_skip(self, err: BadSampleError) -> None:
         self.skip_counts[err.cause] += 1
         if err.cause not in self._warned:
             self._warned.add(err.cause)
-            print_log(f'Skipping bad sample ({err.cause}); further samples with this cause are '
-                      f'skipped silently and counted in `num_skipped`. {err}',
+            print_log(f'Skipped a bad sample ({err.cause}) and trained on the next one instead: '
+                      f'{err} Further {err.cause!r} samples are skipped without a message; '
+                      'DatasetInfoHook logs the count per cause. To list each one, load the '
+                      "dataset with on_bad_sample='raise' and read every index, e.g. "
+                      '`[ds[i] for i in range(len(ds))]`, catching BadSampleError.',
                       logger='current', level=logging.WARNING)
 
     def _load(self, index: int) -> dict[str, Any]:
@@ -237,16 +387,16 @@ class LLaVADataset(Dataset):
         try:
             record = records.load(local)
         except MalformedRecordError as err:
-            raise BadSampleError(f'{err} {_SKIP_HINT}', 'malformed_json') from None
+            raise BadSampleError(f'sample #{index}: {err}{self._hint()}', 'malformed_json') from None
         if not isinstance(record, dict):
-            raise BadSampleError(f'{where()}: expected a JSON object (a sample), found '
-                                 f'{type(record).__name__}. Fix or remove this record. {_SKIP_HINT}',
+            raise BadSampleError(f'{where()}, sample #{index}: expected a JSON object (a sample), found '
+                                 f'{type(record).__name__}. Fix or remove this record.{self._hint()}',
                                  'malformed_json')
         sample_id = str(record.get('id', f'#{index}'))
 
         def bad(cause: str, what: str, error: type[BadSampleError] = BadSampleError) -> BadSampleError:
             return error(f'{where()}, sample id {sample_id!r}: {what}; '
-                         f'{BAD_SAMPLE_CAUSES[cause]}. {_SKIP_HINT}', cause)
+                         f'{BAD_SAMPLE_CAUSES[cause]}.{self._hint()}', cause)
 
         conversations = record.get('conversations')
         if not isinstance(conversations, list) or len(conversations) == 0:
@@ -273,20 +423,32 @@ class LLaVADataset(Dataset):
                       f'{num_tokens} {DEFAULT_IMAGE_TOKEN} in the text but {len(images)} image(s)')
 
         try:
+            turns = normalize_conversation(conversations, sample_id)
+            _check_turns(turns, bad)
             input_ids, labels = encode_conversation(conversations, self.tokenizer, self.template,
                                                     system=self.system, sample_id=sample_id)
         except ConversationError as err:
             raise bad(err.cause, str(err)) from None
+        num_ids = len(input_ids)
         input_ids, labels = self._truncate(input_ids, labels, bad)
 
         pixel_values = None
         if images:
             pil_images = [self._read_image(p, bad) for p in images]
-            pixel_values = process_images(pil_images, self.image_processor, self.pad_image_to_square)
-        return {'input_ids': torch.tensor(input_ids, dtype=torch.long),
+            pixel_values = process_images(pil_images, self.image_processor, self.pad_image_to_square,
+                                          alpha_background=self.alpha_background)
+        item = {'input_ids': torch.tensor(input_ids, dtype=torch.long),
                 'labels': torch.tensor(labels, dtype=torch.long),
                 'pixel_values': pixel_values,
                 'id': sample_id}
+        if len(input_ids) < num_ids:
+            self.notice_counts['truncated'] += 1
+            item['notices'] = {'truncated': 1}  # summed per batch by llava_collate_fn
+        return item
+
+    def _hint(self) -> str:
+        """How to skip such samples: said in raise mode only (skip mode says what it skipped)."""
+        return f' {_SKIP_HINT}' if self.on_bad_sample == 'raise' else ''
 
     def _truncate(self, input_ids: list[int], labels: list[int], bad) -> tuple[list[int], list[int]]:
         """Apply the length rule (see the module docstring)."""
@@ -298,10 +460,16 @@ class LLaVADataset(Dataset):
                 need = image_pos[-1] + 1 + extra
                 raise bad('too_long', f'its {len(image_pos)} image(s) and the text before them need '
                                       f'{need} tokens, more than max_length={self.max_length}')
+            if all(label == IGNORE_INDEX for label in labels[:keep]):
+                first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+                if first is None:
+                    raise bad('no_supervised_tokens', 'no gpt turn with text to learn from')
+                first += (self.num_image_tokens - 1) * sum(1 for p in image_pos if p < first)
+                raise bad('reply_truncated_away',
+                          f'after truncation to max_length={self.max_length} no supervised (gpt) '
+                          f'token is left: the first reply starts at token {first} '
+                          '(image tokens included), so the sample would contribute no loss')
             input_ids, labels = input_ids[:keep], labels[:keep]
-            if all(label == IGNORE_INDEX for label in labels):
-                raise bad('too_long', f'after truncation to max_length={self.max_length} no '
-                                      'supervised (gpt) token is left')
         elif all(label == IGNORE_INDEX for label in labels):
             raise bad('no_supervised_tokens', 'no gpt turn with text to learn from')
         return input_ids, labels
@@ -314,11 +482,22 @@ class LLaVADataset(Dataset):
             raise ValueError('LLaVADataset has images to process but no image_processor; '
                              'pass `image_processor=`.')
         try:
-            with Image.open(path) as image:
-                image.load()
-                return image.convert('RGB')
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise bad('unreadable_image', f'image {path!r} cannot be read ({err})') from None
+            return load_image(path, self.max_image_pixels, self.alpha_background, self.exif_transpose)
+        except ImageTooLargeError as err:
+            raise bad('image_too_large', str(err)) from None
+        except UnreadableImageError as err:
+            raise bad('unreadable_image', str(err)) from None
+
+
+def _check_turns(turns: list[tuple[str, str]], bad) -> None:
+    """``starts_with_gpt`` and ``empty_reply`` (see the module docstring)."""
+    roles = [role for role, _ in turns if role != 'system']
+    if roles and roles[0] == 'assistant':
+        raise bad('starts_with_gpt', 'the conversation starts with a gpt (assistant) turn, which '
+                                     'answers no question')
+    for k, (role, text) in enumerate(turns):
+        if role == 'assistant' and not text.strip():
+            raise bad('empty_reply', f'turn {k} (gpt) has no text')
 
 
 def _insert_image_tokens(conversations: list, num_images: int) -> list:

@@ -59,6 +59,7 @@ from mmengine.logging import print_log
 from PIL import Image
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from .image_loading import load_image
 from .image_processing import process_images
 from .templates import build_generation_prompt, encode_conversation, get_template
 
@@ -391,8 +392,7 @@ class MIRProbe:
         if num_images != 1:
             raise ValueError(f'Pair {index} ({pair.image_id} + {pair.text_id}): the prompt has {num_images} image '
                              f'placeholders, expected 1 (template {tpl.name!r}).')
-        with Image.open(pair.image_path) as img:
-            pixels = process_images([img], self.image_processor, self.pad_to_square)  # (1, 3, H, W)
+        pixels = process_images([load_image(pair.image_path)], self.image_processor, self.pad_to_square)  # (1, 3, H, W)
         return EncodedPair(ids, text_mask, pixels, num_tokens, truncated)
 
 

@@ -12,6 +12,12 @@ deepspeed). What it changes:
   run killed mid-save never leaves a torn ``iter_N.pth`` (mmengine's ``last_checkpoint`` pointer is
   written after, through the atomic file backend). The rename assumes the work dir is one shared
   file system for all ranks, as DeepSpeed's own resume does.
+* **Safe loading.** DeepSpeed's ``engine.load_checkpoint`` (what ``--resume`` and ``load_from`` call)
+  reads every shard with ``torch.load(..., weights_only=False)``. :meth:`AtomicDeepSpeedStrategy.resume`
+  and :meth:`~AtomicDeepSpeedStrategy.load_checkpoint` first check every shard's pickle globals, then
+  run DeepSpeed's load under :func:`~mllm_align.engine.checkpoint.weights_only_torch_load` with
+  :data:`~mllm_align.engine.checkpoint.DEEPSPEED_SAFE_GLOBALS`: a shard that needs anything else is
+  refused, naming the file and ``--trust-checkpoint``.
 * DeepSpeed 0.19 calls collectives that torch 2.13 deprecates; their FutureWarnings (several per
   step) are filtered.
 """
@@ -28,6 +34,10 @@ from mmengine._strategy import DeepSpeedStrategy
 from mmengine._strategy import deepspeed as _mm_ds
 from mmengine.dist import barrier, is_main_process
 from mmengine.registry import OPTIMIZERS, STRATEGIES
+
+from ..testing.fault_injection import checkpoint_write_fault
+from .checkpoint import check_checkpoint_safe, deepspeed_safe_globals, weights_only_torch_load
+from .distributed import check_launcher_alive
 
 PARTIAL_SUFFIX = '.partial'
 
@@ -62,6 +72,20 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
         patch_optimizer_registration()
         super().__init__(**kwargs)
 
+    def load_checkpoint(self, filename: str, **kwargs: Any) -> dict:
+        """DeepSpeed's load of ``filename`` (a checkpoint directory), with every shard loaded safely."""
+        filename = osp.normpath(filename)  # 'iter_4.pth/' would give DeepSpeed an empty tag
+        check_checkpoint_safe(filename)
+        with weights_only_torch_load(extra_globals=deepspeed_safe_globals()):
+            return super().load_checkpoint(filename, **kwargs)
+
+    def resume(self, filename: str, **kwargs: Any) -> dict:
+        """DeepSpeed's resume from ``filename`` (a checkpoint directory), with every shard loaded safely."""
+        filename = osp.normpath(filename)
+        check_checkpoint_safe(filename)
+        with weights_only_torch_load(extra_globals=deepspeed_safe_globals()):
+            return super().resume(filename, **kwargs)
+
     def save_checkpoint(self, filename: str, *, save_optimizer: bool = True, **kwargs: Any) -> None:
         writes_directory = save_optimizer or (self.model.zero_optimization_partition_weights()
                                               and not self.model.zero_gather_16bit_weights_on_model_save())
@@ -74,8 +98,10 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
             shutil.rmtree(partial)
         barrier()
         super().save_checkpoint(partial, save_optimizer=save_optimizer, **kwargs)
+        checkpoint_write_fault(filename)  # test hook (pause / ENOSPC); a no-op in normal use
         barrier()  # every rank's shards are on disk
         if is_main_process():
+            check_launcher_alive(filename)  # nothing is committed once the launcher died
             if osp.isdir(filename):  # the same iteration saved again (e.g. after_train)
                 shutil.rmtree(filename)
             os.replace(partial, filename)

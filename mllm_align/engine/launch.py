@@ -3,8 +3,11 @@
 ``tools/train.py`` is a thin wrapper over :func:`prepare_config` and :func:`build_runner`; tests
 call them directly. What happens here:
 
-* unknown top-level keys that look like misspelt runner keys fail at start (mmengine would
-  silently ignore ``train_dataloder``);
+* no setting is silently ignored: unknown top-level keys that look like misspelt runner keys,
+  component arguments the class does not take (``default_hooks.checkpoint.intervall``) and
+  settings that must agree (template, tokenizer, image-token count) fail at start
+  (:mod:`.config_checks`); a ``--cfg-options`` PART 1 variable re-evaluates the config
+  (:mod:`.config_overrides`);
 * on machines without CUDA a distributed launch uses gloo: the process group is initialised
   before the Runner (mmengine's own init calls ``torch.cuda.set_device``) and DDP wraps with
   ``device_ids=None``;
@@ -25,22 +28,27 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config, ConfigDict
 
-RUNNER_KEYS = (
-    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
-    'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler', 'val_evaluator',
-    'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor', 'load_from', 'resume',
-    'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer', 'default_scope', 'randomness',
-    'experiment_name', 'cfg', 'strategy', 'model_wrapper_cfg', 'find_unused_parameters', 'compile',
-    'sync_bn')
+from .config_checks import RUNNER_KEYS, check_component_keys, check_settings_agree
+from .config_overrides import load_config
+
 
 DeepSpeedChoice = Literal['deepspeed_zero2', 'deepspeed_zero3']
 
 
 def check_config_keys(cfg: Config) -> None:
-    """Fail on top-level keys that are near-misses of runner keys, and on a missing ``model``.
+    """Fail at start on keys that mmengine would ignore or reject late, and on settings that disagree.
 
     PART 1 settings (``llm_name_or_path``, ``max_length``…) are free names; only names within a
-    small edit distance of a runner key (``train_dataloder``, ``optim_wraper``) are rejected.
+    small edit distance of a runner key (``train_dataloder``, ``optim_wraper``) are rejected. Then
+    every component dict's keys are checked against its constructor
+    (:func:`~mllm_align.engine.config_checks.check_component_keys`: hooks, optimizer, schedulers,
+    loops, dataloaders, datasets, model) and shared settings must agree
+    (:func:`~mllm_align.engine.config_checks.check_settings_agree`: template, tokenizer, image
+    processor, image-token count, sampler batch, loop length).
+
+    Raises:
+        KeyError: no ``model``, a misspelt runner key, a key a component does not accept.
+        ValueError: settings that must agree do not.
     """
     if 'model' not in cfg:
         raise KeyError(f'Config {cfg.filename} has no `model`: PART 2 must define model=dict(...).')
@@ -51,6 +59,8 @@ def check_config_keys(cfg: Config) -> None:
         if close:
             raise KeyError(f'Config {cfg.filename}: unknown key {key!r} — did you mean {close[0]!r}? '
                            'mmengine would silently ignore it.')
+    check_component_keys(cfg)
+    check_settings_agree(cfg)
 
 
 Precision = Literal['bf16', 'fp16', 'fp32']
@@ -104,15 +114,17 @@ def prepare_config(config: str | Config, work_dir: str | None = None, resume: st
     Args:
         config: path of the config file, or a loaded Config.
         work_dir: output directory; default ``work_dirs/<config name>``.
-        resume: ``None``/False (fresh run), ``'auto'``/True (latest checkpoint in ``work_dir``),
-            or a checkpoint path.
-        cfg_options: ``key=value`` overrides (``--cfg-options``).
+        resume: ``None``/False (fresh run); ``'latest'``/True (the newest complete checkpoint in
+            ``work_dir``, an error if there is none); ``'auto'`` (the same, or a fresh run when there
+            is none); or a checkpoint path (file or DeepSpeed directory). See
+            :func:`mllm_align.engine.resume.resolve_resume`.
+        cfg_options: ``key=value`` overrides (``--cfg-options``): a PART 1 variable re-evaluates the
+            config file, a nested key must exist or be accepted by its component
+            (:func:`~mllm_align.engine.config_overrides.load_config`).
         deepspeed: ZeRO stage for a FlexibleRunner run.
         launcher: ``'none'``, ``'pytorch'`` (torchrun) or ``'slurm'``.
     """
-    cfg = config if isinstance(config, Config) else Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_config(config, cfg_options)  # PART 1 keys re-evaluate the config (config_overrides)
     check_config_keys(cfg)
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -120,12 +132,12 @@ def prepare_config(config: str | Config, work_dir: str | None = None, resume: st
         name = osp.splitext(osp.basename(cfg.filename or 'config'))[0]
         cfg.work_dir = osp.join('work_dirs', name)
     cfg.launcher = launcher
-    if resume in ('auto', True):
-        cfg.resume, cfg.load_from = True, None
-    elif resume:
-        if not osp.isfile(resume):
-            raise FileNotFoundError(f'--resume {resume!r}: no such checkpoint file.')
-        cfg.resume, cfg.load_from = True, resume
+    if not resume and cfg.get('resume'):  # `resume = True` in the config: mmengine's auto-resume
+        resume = cfg.get('load_from') or 'auto'
+    if resume:  # the checkpoint is chosen (and checked) here, on every rank: engine/resume.py
+        from .resume import checkpoint_dir, resolve_resume
+        target = resolve_resume(checkpoint_dir(cfg), resume, deepspeed=deepspeed is not None)
+        cfg.resume, cfg.load_from = (True, target) if target is not None else (False, cfg.get('load_from'))
     if launcher != 'none' and not torch.cuda.is_available():
         _cpu_distributed_setup(cfg)
     if deepspeed is not None:
@@ -184,9 +196,12 @@ def build_runner(cfg: Config) -> Any:
 
 
 def shutdown_distributed() -> None:
-    """Wait for every rank, then destroy the process group.
+    """Wait for every rank, then destroy the process group — after a *successful* run only.
 
-    Without this, a gloo rank that reaches interpreter exit while its communication threads are
+    After an exception do not call it: a rank that failed would wait here for ranks that wait for
+    it in a collective (the hang of a missing image on one rank, or ENOSPC on rank 0); use
+    :func:`mllm_align.engine.distributed.exit_on_failure`, which exits without any collective.
+    Without this call, a gloo rank that reaches interpreter exit while its communication threads are
     still alive dies with ``terminate called without an active exception`` (SIGABRT) — after the
     run finished, but with a failing exit code and possibly before rank 0 wrote its last checkpoint.
     """
@@ -206,14 +221,5 @@ def exit_after_training(code: int = 0) -> None:
     C++ thread destructor), turning a finished run into a failed launch; the abort happened with
     and without deepspeed importable. Nothing is left to do at that point, so teardown is skipped.
     """
-    import logging
-    import os
-    import sys
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed stream must not turn success into failure
-            pass
-    os._exit(code)
+    from .distributed import flush_and_exit
+    flush_and_exit(code)

@@ -80,11 +80,13 @@ def load_llm(path: str, dtype: DTypeName | torch.dtype = 'float32',
         trust_remote_code: allow the directory's own modelling code; only when the config says so.
         gguf_file: load GGUF weights inside ``path`` (needs the ``gguf`` package).
     """
+    from ..engine.checkpoint import hf_weights_kwargs
+
     p = check_model_dir(path, 'LLM', 'llm_name_or_path')
     model = AutoModelForCausalLM.from_pretrained(
         str(p), dtype=resolve_dtype(dtype),
         attn_implementation=check_attn_implementation(attn_implementation),
-        trust_remote_code=trust_remote_code, gguf_file=gguf_file, **kwargs)
+        trust_remote_code=trust_remote_code, gguf_file=gguf_file, **{**hf_weights_kwargs(p), **kwargs})
     return model
 
 

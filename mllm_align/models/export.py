@@ -30,12 +30,13 @@ and a layout mismatch fails loudly. The caller's model is never mutated: a LoRA-
 vision tower is deep-copied and merged with peft's ``merge_and_unload`` (peak memory: one extra
 copy of that part); without LoRA the tensors are shared, not copied.
 
-Image preprocessing differs in one way. mllm_align's data pipeline pads each image to a square
-with the image-processor mean before the HF image processor (``pad_image_to_square``, LLaVA-1.5's
-``image_aspect_ratio='pad'``); HF's ``LlavaProcessor`` resizes and centre-crops without padding.
-For identical ``pixel_values`` the two models give the same logits (:func:`compare_logits`); for
-evaluation feed square images (or pad them yourself) to reproduce mllm_align's inputs exactly, or
-accept the small difference on non-square images.
+The processing files make the export drivable as evaluation harnesses drive a Llava model
+(lmms-eval ``llava_hf``, VLMEvalKit; :mod:`mllm_align.models.hf_processor`): the chat template is the
+one the model was trained with (``template``, as Jinja), the tokenizer adds no BOS of its own and
+returns no ``token_type_ids``, and the image processor pads to a square with the image mean as
+training did (``LlavaImageProcessor(do_pad=True)`` when ``pad_image_to_square``).
+``generation_config`` stops at the template's stop tokens. After saving, the processor is loaded
+back and checked against mllm_align's prompt ids and ``pixel_values``.
 """
 from __future__ import annotations
 
@@ -53,7 +54,11 @@ from mmengine.logging import print_log
 from torch import nn
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from .builders import resolve_dtype
+from ..data.hf_chat_template import chat_template_jinja
+from ..data.templates import get_template
+from .builders import resolve_dtype, resolve_pad_token_id
+from .hf_processor import (build_llava_processor, check_processor_contract, generation_token_ids,
+                           harness_tokenizer, llava_image_processor)
 from .llava import LLaVAModel, build_module
 
 EXPORT_INFO_NAME = 'mllm_align_export.json'
@@ -114,6 +119,31 @@ def image_processor_from_config(config: str | os.PathLike | Any) -> Any:
     if vision_path and (Path(vision_path) / 'preprocessor_config.json').is_file():
         return load_image_processor(str(vision_path))
     return None
+
+
+def export_settings_from_config(config: str | os.PathLike | Any) -> dict[str, Any]:
+    """What the export needs to reproduce training inputs, read from the training config.
+
+    Returns ``dict(template=…, pad_image_to_square=…)``: the template is ``model.template``, else
+    the train dataset's ``template`` (None if neither is set); ``pad_image_to_square`` is the train
+    dataset's (default True, :class:`~mllm_align.data.LLaVADataset`'s default).
+
+    Raises:
+        ValueError: ``model.template`` and the train dataset's ``template`` differ (the model
+            was trained on the dataset's; fix the config that trained it).
+    """
+    from mmengine.config import Config
+
+    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
+    dataset = (cfg.get('train_dataloader') or {}).get('dataset') or {}
+    model_template = cfg.model.get('template')
+    data_template = dataset.get('template')
+    if model_template is not None and data_template is not None and model_template != data_template:
+        raise ValueError(f'Config {cfg.filename}: model.template={model_template!r} but '
+                         f'train_dataloader.dataset.template={data_template!r}; the model was trained on the '
+                         "dataset's template. Make them agree (set the PART 1 `template`) before exporting.")
+    return dict(template=model_template if model_template is not None else data_template,
+                pad_image_to_square=bool(dataset.get('pad_image_to_square', True)))
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -249,14 +279,15 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_processor: Any = None,
                        tokenizer: Any = None, overwrite: bool = False, dtype: str | torch.dtype | None = None,
                        image_token: str = DEFAULT_IMAGE_TOKEN, source_config: str | None = None,
-                       source_checkpoint: str | None = None, max_shard_size: str = '5GB') -> Path:
+                       source_checkpoint: str | None = None, max_shard_size: str = '5GB',
+                       template: Any = None, pad_image_to_square: bool = True) -> Path:
     """Write ``model`` as a transformers ``LlavaForConditionalGeneration`` directory.
 
-    The directory holds ``config.json``, safetensors weights, ``generation_config.json`` (the LLM's),
-    the tokenizer (with ``<image>`` added if it was absent), the image processor and a
-    ``LlavaProcessor`` config when both are available, and :data:`EXPORT_INFO_NAME` recording the
-    source and the choices made. See the module docstring for the mapping and for the
-    pad-to-square difference in preprocessing.
+    The directory holds ``config.json``, safetensors weights, ``generation_config.json`` (the LLM's,
+    with EOS = the template's stop tokens and the pad id), the tokenizer (with ``<image>`` added if
+    it was absent), the image processor and a ``LlavaProcessor`` with the model's chat template when
+    both are available, and :data:`EXPORT_INFO_NAME` recording the source and the choices made. See
+    the module docstring for the mapping and :mod:`mllm_align.models.hf_processor` for the processor.
 
     The image token: if the tokenizer lacks ``image_token`` it is added (to a copy) as a special
     token; when its id is outside the LLM vocabulary the embedding and LM-head matrices grow
@@ -275,6 +306,11 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
         image_token: the image placeholder text.
         source_config, source_checkpoint: recorded in :data:`EXPORT_INFO_NAME`.
         max_shard_size: passed to ``save_pretrained``.
+        template: the chat template the model was trained with (a name such as ``'vicuna_v1'`` or
+            a ``ChatTemplate``); default ``model.template``. None for both keeps the tokenizer's
+            own chat template (with a warning: harness prompts then differ from training).
+        pad_image_to_square: training padded images to a square (``LLaVADataset``'s
+            ``pad_image_to_square``); the exported image processor then pads too.
 
     Returns:
         ``out_dir`` as a Path.
@@ -283,7 +319,9 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
         ValueError: a projector other than ``mlp2x_gelu``; a tower/feature selection HF cannot
             express; an LLM or tower that ``AutoModel.from_config`` does not rebuild; parameters
             outside llm/visual_encoder/projector (and MoCa, written to ``moca.safetensors``); an
-            image processor sized for another resolution.
+            image processor sized for another resolution, or one whose pipeline a
+            ``LlavaImageProcessor`` cannot reproduce; a saved processor that does not reproduce
+            mllm_align's prompt text, BOS handling, image token count or ``pixel_values``.
         FileExistsError: ``out_dir`` is non-empty and ``overwrite`` is False (or it is not an export).
     """
     from accelerate import init_empty_weights
@@ -297,8 +335,18 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
                                               type(tower.model).__name__)
     projector_state, act, projector_bias = _projector_state(model.projector)
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    template = template if template is not None else model.template
+    if template is not None:
+        template = get_template(template).name if isinstance(template, str) else get_template(template)
+    elif tokenizer is not None:
+        print_log('Export without a chat template (neither `template` nor model.template is set): the tokenizer '
+                  "keeps its own chat_template, so harness prompts may differ from training. Pass template= "
+                  "(tools/convert_to_hf.py reads it from the config's model.template).",
+                  logger='current', level=logging.WARNING)
+    training_image_processor = image_processor
     if image_processor is not None:
         _check_image_processor(image_processor, tower.config.image_size)
+        image_processor = llava_image_processor(image_processor, pad_image_to_square, tower.config.image_size)
 
     llm, llm_merged = _unwrap_lora(model.llm)
     vision, vision_merged = _unwrap_lora(tower.model)
@@ -347,13 +395,21 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
     if new_vocab > old_vocab:
         _grow_vocab(hf_model, new_vocab)
     hf_model.generation_config = copy.deepcopy(llm.generation_config)
+    if tokenizer is not None:
+        pad_id = resolve_pad_token_id(llm.config, tokenizer)
+        for key, value in generation_token_ids(tokenizer, template, pad_id).items():
+            setattr(hf_model.generation_config, key, value)
     hf_model.eval()
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.', suffix='.tmp'))
     try:
         hf_model.save_pretrained(tmp_dir, safe_serialization=True, max_shard_size=max_shard_size)
-        saved = _save_processing(tmp_dir, tokenizer, image_processor, strategy, tower, image_token)
+        chat_template = None if template is None else chat_template_jinja(template, image_token)
+        saved = _save_processing(tmp_dir, tokenizer, image_processor, strategy, tower, image_token, chat_template)
+        if 'processor' in saved:
+            check_processor_contract(tmp_dir, tokenizer, template, training_image_processor, pad_image_to_square,
+                                     tower.num_tokens, image_token_id, image_token)
         moca_files = _save_moca(model, tmp_dir, image_token_id)  # MoCa: [] without it
         if moca_files:
             saved.append('moca')
@@ -369,10 +425,13 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
             vision_feature_layer=tower.select_layer, vision_feature_select_strategy=strategy,
             select_feature=tower.select_feature, num_prefix_tokens=tower.num_prefix_tokens,
             saved=saved,
+            template=None if template is None else (template if isinstance(template, str) else template.name),
+            pad_image_to_square=pad_image_to_square,
+            generation_eos_token_id=getattr(hf_model.generation_config, 'eos_token_id', None),
             moca=dict(files=moca_files, load='mllm_align.align.moca.attach_moca_to_hf(model, export_dir)')
             if moca_files else None,
-            note=('mllm_align pads images to square with the image mean before the image processor; '
-                  "HF's LlavaProcessor does not. Feed square images to reproduce mllm_align inputs."),
+            note=('The processor reproduces training inputs: chat template = the trained template (images '
+                  'first, one <image> line each), no automatic BOS, image padding as in training.'),
             versions=_versions())
         (tmp_dir / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + '\n')
         if out_dir.exists():
@@ -426,14 +485,13 @@ def _grow_vocab(hf_model: nn.Module, new_vocab: int) -> None:
 
 
 def _save_processing(out_dir: Path, tokenizer: Any, image_processor: Any, strategy: str, tower: Any,
-                     image_token: str) -> list[str]:
-    from transformers import LlavaProcessor
+                     image_token: str, chat_template: str | None) -> list[str]:
     saved = ['model']
+    if tokenizer is not None:
+        tokenizer = harness_tokenizer(tokenizer, chat_template)
     if tokenizer is not None and image_processor is not None:
-        processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   patch_size=tower.config.patch_size, vision_feature_select_strategy=strategy,
-                                   num_additional_image_tokens=tower.num_prefix_tokens, image_token=image_token,
-                                   chat_template=getattr(tokenizer, 'chat_template', None))
+        processor = build_llava_processor(tokenizer, image_processor, tokenizer.chat_template,
+                                          tower.config.patch_size, strategy, tower.num_prefix_tokens, image_token)
         processor.save_pretrained(out_dir)
         return saved + ['tokenizer', 'image_processor', 'processor']
     if tokenizer is not None:
@@ -505,9 +563,10 @@ def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: t
                          f'{pixel_values.shape[0]} images.')
     if hf_model is None:
         attn = getattr(model.llm.config, '_attn_implementation', None)
+        from ..engine.checkpoint import hf_weights_kwargs
         hf_model = LlavaForConditionalGeneration.from_pretrained(
             str(hf_dir), dtype=next(model.llm.parameters()).dtype,
-            attn_implementation=attn if attn in ('eager', 'sdpa') else None)
+            attn_implementation=attn if attn in ('eager', 'sdpa') else None, **hf_weights_kwargs(hf_dir))
         hf_model.to(device)
         _attach_moca_if_exported(hf_model, hf_dir)  # MoCa: re-attached when the export carries one
     hf_model.eval()

@@ -380,8 +380,10 @@ class HFLlavaModel(nn.Module):
         if template is None:
             raise ValueError(f'No chat template for {path}: pass --template (e.g. vicuna_v1, plain); it is read '
                              'from the source config named in mllm_align_export.json when that config exists.')
+        from ..engine.checkpoint import hf_weights_kwargs
         kwargs = {} if dtype is None else dict(dtype=dtype)
-        hf_model = LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs).to(device).eval()
+        hf_model = LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs, **hf_weights_kwargs(path))
+        hf_model = hf_model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         moca = None
         if (path / MOCA_WEIGHTS_NAME).is_file():

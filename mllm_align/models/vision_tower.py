@@ -23,7 +23,8 @@ SelectFeature = Literal['patch', 'cls_patch']
 def _load_vision_model(path: str, dtype: torch.dtype | str, trust_remote_code: bool) -> nn.Module:
     config = load_config(path, trust_remote_code)
     model_type = getattr(config, 'model_type', '')
-    kwargs = dict(dtype=resolve_dtype(dtype))
+    from ..engine.checkpoint import hf_weights_kwargs
+    kwargs = dict(dtype=resolve_dtype(dtype), **hf_weights_kwargs(path))  # safetensors, or .bin weights_only
     if model_type in ('clip', 'clip_vision_model'):
         return CLIPVisionModel.from_pretrained(path, **kwargs)
     if model_type in ('siglip', 'siglip_vision_model'):

@@ -63,3 +63,19 @@ def test_padding_border_is_normalised_to_zero():
 def test_process_images_needs_images():
     with pytest.raises(ValueError, match='at least one image'):
         process_images([], clip())
+
+
+def test_process_images_scales_16_bit_and_composites_alpha():
+    """Images handed over in memory (chat-eval, MIR probes) get the same RGB rules as files."""
+    proc = clip()
+    deep = Image.fromarray(np.full((16, 16), 65535, dtype=np.uint16))  # I;16 white
+    half = Image.fromarray(np.full((16, 16), 32896, dtype=np.uint16))  # 32896 / 257 = 128
+    ref = process_images([Image.new('RGB', (16, 16), (255, 255, 255)), Image.new('RGB', (16, 16), (128,) * 3)], proc)
+    torch.testing.assert_close(process_images([deep, half], proc), ref, rtol=0, atol=0)
+    clear = Image.new('RGBA', (16, 16), (0, 0, 0, 0))
+    torch.testing.assert_close(process_images([clear], proc)[0], ref[0], rtol=0, atol=0)  # white
+    assert process_images([clear], proc, alpha_background='mean').abs().max() < 0.02
+    fill = process_images([clear], proc, alpha_background=(128, 128, 128))
+    torch.testing.assert_close(fill[0], ref[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match='alpha_background'):
+        process_images([clear], proc, alpha_background=(1, 2))

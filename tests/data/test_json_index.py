@@ -152,3 +152,49 @@ def test_pickle_reopens_the_map(tmp_path):
     again = pickle.loads(pickle.dumps(records))
     assert [again.load(i) for i in range(len(again))] == TRICKY
     np.testing.assert_array_equal(again.image_counts, records.image_counts)
+
+
+ID_RECORDS = [
+    {'id': 'plain', 'conversations': []},
+    {'conversations': [{'id': 'plain'}], 'id': 'q"uote'},  # the record id comes after a nested one
+    {'id': 42, 'n': 1},
+    {'id': '42'},
+    {'id': 'ü' * 40},  # 80 UTF-8 bytes: longer than the vectorised window
+    {'id': None},
+    {'id': True},
+    {'id': {'x': 1}},
+    {'meta': {'id': 'plain'}},  # nested only: no record id
+    {'id': 'end\\'},
+]
+
+
+@pytest.mark.parametrize('style', ['compact', 'indent2', 'spaces', 'jsonl'])
+def test_id_hashes_equal_for_equal_ids(tmp_path, monkeypatch, style):
+    monkeypatch.setattr(json_index, '_CHUNK', 16)  # JSON arrays: ids split across chunks
+    path = tmp_path / 'd.json'
+    if style == 'jsonl':
+        path.write_text('\n'.join(json.dumps(r, ensure_ascii=False) for r in ID_RECORDS) + '\n', encoding='utf-8')
+    else:
+        path.write_text(DUMPS[style](ID_RECORDS), encoding='utf-8')
+    records = JsonRecords(path)
+    expected_ids = [str(r['id']) if isinstance(r.get('id'), (str, int)) and not isinstance(r.get('id'), bool)
+                    else None for r in ID_RECORDS]
+    # records 1 and 8 do not start with "id": the first "id" key in their text is a nested one
+    assert records.id_exact.tolist() == [k not in (1, 8) for k in range(len(ID_RECORDS))]
+    expected_ids[1], expected_ids[8] = 'plain', 'plain'
+    assert records.has_id.tolist() == [i is not None for i in expected_ids]
+    by_id: dict[str, set[int]] = {}
+    for k, i in enumerate(expected_ids):
+        if i is not None and k not in (1, 8):
+            by_id.setdefault(i, set()).add(int(records.id_hashes[k]))
+    assert by_id['42'] == {int(records.id_hashes[2])} == {int(records.id_hashes[3])}  # 42 and "42"
+    assert all(len(h) == 1 for h in by_id.values())
+    assert len({next(iter(h)) for h in by_id.values()}) == len(by_id)  # different ids, different hashes
+    # the same id in a separate file hashes the same
+    other = tmp_path / 'o.jsonl'
+    other.write_text(json.dumps({'id': 'ü' * 40}, ensure_ascii=False) + '\n' + json.dumps({'id': 'q"uote'}) + '\n',
+                     encoding='utf-8')
+    o = JsonRecords(other)
+    assert o.id_hashes[0] == records.id_hashes[4]
+    assert o.id_hashes[1] != records.id_hashes[1]  # o's 'q"uote' vs records' nested 'plain'
+    assert records.id_hashes[1] == records.id_hashes[0]  # the nested 'plain' (confirmed by parsing)

@@ -190,6 +190,12 @@ BAD_CASES = {
                              'no gpt turn'),
     'too_long': ({'id': 'bad', 'image': 'red.png',
                   'conversations': conv('word ' * 200 + '<image>\nq', 'a')}, 'need .* tokens, more than max_length=40'),
+    'starts_with_gpt': ({'id': 'bad', 'conversations': [{'from': 'gpt', 'value': 'Hello.'}] + conv('q', 'a')},
+                        'starts with a gpt'),
+    'empty_reply': ({'id': 'bad', 'conversations': conv('q', 'a') + conv('more?', '  ')},
+                    r'turn 3 \(gpt\) has no text'),
+    'reply_truncated_away': ({'id': 'bad', 'conversations': conv('word ' * 60, 'a')},
+                             'no supervised .* token is left: the first reply starts at token'),
 }
 
 
@@ -223,7 +229,7 @@ def test_record_that_is_not_an_object(tmp_path, image_dir):
     path = tmp_path / 'data.jsonl'
     path.write_text(json.dumps(GOOD[1]) + '\n' + '[1, 2]\n')
     ds = LLaVADataset(path, image_dir, tiny(), 'qwen2', processor())
-    with pytest.raises(BadSampleError, match='line 2: expected a JSON object'):
+    with pytest.raises(BadSampleError, match='line 2, sample #1: expected a JSON object'):
         ds[1]
 
 
@@ -246,14 +252,19 @@ def test_skip_counts_logs_once_per_cause_and_returns_next(tmp_path, image_dir, m
     assert ds[6]['id'] == 'mm1'  # wraps around
     assert ds.num_skipped == 5
     assert ds.skip_counts == {'missing_image': 3, 'unknown_speaker': 1, 'too_long': 1}
+    logged = [(msg, kw) for msg, kw in logged if msg.startswith('Skipped')]  # not the duplicate ids
     assert len(logged) == 3  # once per cause
     assert all(kw.get('logger') == 'current' and kw.get('level') == 30 for _, kw in logged)
+    # skip mode says what was skipped and how to see the others, not "set on_bad_sample='skip'"
+    assert "Set on_bad_sample='skip'" not in logged[0][0]
+    assert 'trained on the next one instead' in logged[0][0] and "on_bad_sample='raise'" in logged[0][0]
     assert 'missing_image' in logged[0][0] and 'nope.png' in logged[0][0]
 
 
 def test_skip_with_only_bad_samples(tmp_path, image_dir):
     ds = make(tmp_path, image_dir, [BAD_CASES['missing_image'][0]], on_bad_sample='skip')
-    with pytest.raises(RuntimeError, match='Every one of the 1 samples is bad'):
+    with pytest.raises(RuntimeError,
+                       match=r"Every one of the 1 samples of .*data.json.* is bad .*on_bad_sample='raise'"):
         ds[0]
 
 
@@ -329,3 +340,96 @@ def test_pickles_and_loads_in_worker_processes(tmp_path, image_dir):
     batch = next(iter(loader))
     assert batch['data']['input_ids'].shape[0] == 3
     assert batch['data']['pixel_values'].shape == (3, 3, 32, 32)
+
+
+def test_skip_mode_error_message_has_no_skip_hint(tmp_path, image_dir):
+    ds = make(tmp_path, image_dir, [BAD_CASES['empty_reply'][0], GOOD[1]], on_bad_sample='skip')
+    with pytest.raises(BadSampleError) as info:
+        ds._load(0)
+    assert "on_bad_sample='skip'" not in str(info.value) and "sample id 'bad'" in str(info.value)
+    assert ds[0]['id'] == 'text1' and ds.skip_counts == {'empty_reply': 1}
+
+
+# ------------------------------------------------------------------------------ images
+def test_decompression_bomb_is_a_bad_sample_named_and_counted(tmp_path, image_dir):
+    from tests.data.test_image_loading import write_bomb_png
+    write_bomb_png(image_dir / 'bomb.png')
+    bomb = {'id': 'boom', 'image': 'bomb.png', 'conversations': conv('<image>\nq', 'a')}
+    ds = make(tmp_path, image_dir, [bomb, GOOD[0]], name='data.jsonl')
+    with pytest.raises(BadSampleError) as info:
+        ds[0]
+    message = str(info.value)
+    assert info.value.cause == 'image_too_large'
+    for part in ('data.jsonl, line 1', "sample id 'boom'", 'bomb.png', '20000×20000', '89,478,485',
+                 'max_image_pixels'):
+        assert part in message, part
+    skip = make(tmp_path, image_dir, [bomb, GOOD[0]], name='s.jsonl', on_bad_sample='skip')
+    item = skip[0]
+    assert item['id'] == 'mm1' and item['skipped'] == {'image_too_large': 1}
+    small_limit = make(tmp_path, image_dir, [GOOD[0]], name='l.json', max_image_pixels=40 * 20 - 1)
+    with pytest.raises(BadSampleError, match='red.png.*40×20'):
+        small_limit[0]
+    assert make(tmp_path, image_dir, [GOOD[0]], name='n.json', max_image_pixels=None)[0]['id'] == 'mm1'
+    with pytest.raises(ValueError, match='max_image_pixels must be a positive int or None'):
+        make(tmp_path, image_dir, GOOD, max_image_pixels=0)
+
+
+def test_16_bit_image_gives_the_pixels_of_its_8_bit_equivalent(tmp_path, image_dir):
+    Image.fromarray(np.full((20, 40), 30000, dtype=np.uint16)).save(image_dir / 'deep.png')
+    Image.new('L', (40, 20), 117).save(image_dir / 'grey117.png')  # round(30000 / 257) = 117
+    items = [dict(GOOD[0], id='deep', image='deep.png'), dict(GOOD[0], id='ref', image='grey117.png')]
+    ds = make(tmp_path, image_dir, items)
+    torch.testing.assert_close(ds[0]['pixel_values'], ds[1]['pixel_values'], rtol=0, atol=0)
+
+
+def test_transparent_pixels_follow_alpha_background(tmp_path, image_dir):
+    Image.new('RGBA', (32, 32), (0, 0, 0, 0)).save(image_dir / 'clear.png')  # hidden colour: black
+    Image.new('RGB', (32, 32), (255, 255, 255)).save(image_dir / 'white.png')
+    items = [dict(GOOD[0], id='clear', image='clear.png'), dict(GOOD[0], id='white', image='white.png')]
+    ds = make(tmp_path, image_dir, items)
+    torch.testing.assert_close(ds[0]['pixel_values'], ds[1]['pixel_values'], rtol=0, atol=0)
+    mean = make(tmp_path, image_dir, items, name='m.json', alpha_background='mean')
+    assert mean[0]['pixel_values'].abs().max() < 0.02  # the processor mean normalises to ≈ 0
+    with pytest.raises(ValueError, match="alpha_background must be 'white', 'mean'"):
+        make(tmp_path, image_dir, items, alpha_background='black')
+
+
+# ------------------------------------------------------------------------------ notices
+def test_truncated_samples_carry_a_notice(tmp_path, image_dir):
+    long = {'id': 'long', 'conversations': conv('q', ' '.join(['circle'] * 80))}
+    fits = len(encode_conversation(GOOD[1]['conversations'], tiny(), 'qwen2')[0])
+    ds = make(tmp_path, image_dir, [long, GOOD[1]], max_length=fits)
+    item = ds[0]
+    assert len(item['input_ids']) == fits and item['notices'] == {'truncated': 1}
+    assert 'notices' not in ds[1] and ds.notice_counts == {'truncated': 1}
+
+
+def test_duplicate_ids_are_found_over_files_without_parsing(tmp_path, image_dir, monkeypatch):
+    nested = {'id': 'n1', 'meta': {'id': 'mm1'}, 'conversations': [{'id': 'text1', **conv('q', 'a')[0]},
+                                                                    conv('q', 'a')[1]]}
+    escaped = {'id': 'say "hi"', 'conversations': conv('q', 'a')}
+    long_id = 'x' * 100
+    write_json(tmp_path / 'a.json', [GOOD[0], nested, escaped, {'id': 7, 'conversations': conv('q', 'a')},
+                                     {'id': long_id, 'conversations': conv('q', 'a')},
+                                     {'id': None, 'conversations': conv('q', 'a')}])
+    write_json(tmp_path / 'b.jsonl', [dict(GOOD[1], id='mm1'), dict(GOOD[1], id='7'),
+                                      dict(GOOD[1], id='say "hi"'), dict(GOOD[1], id=long_id),
+                                      dict(GOOD[1], id='mm1'), {'conversations': conv('q', 'a')},
+                                      {'meta': {'id': 'mm1'}, 'id': 'unique', 'conversations': conv('q', 'a')},
+                                      {'id': None, 'conversations': conv('q', 'a')}], jsonl=True)
+    parsed = []
+    real_loads = json_index.json.loads
+    monkeypatch.setattr(json_index.json, 'loads', lambda *a, **k: parsed.append(1) or real_loads(*a, **k))
+    ds = LLaVADataset([tmp_path / 'a.json', tmp_path / 'b.jsonl'], image_dir, tiny(), 'qwen2', processor())
+    dup = ds.duplicate_ids
+    # mm1 ×3, 7 / "7", 'say "hi"' ×2, the long id ×2; nested ids and null ids do not count
+    assert (dup.num_records, dup.num_ids) == (5, 4)
+    # parsed: only the 10 records whose (first) id hash repeats, to confirm them (a JSONL file is
+    # involved), and the 3 examples shown -- never all 15 records
+    assert len(parsed) <= 10 + 3 + 1
+    assert [i for i, _ in dup.examples] == ['mm1', 'say "hi"', '7']  # in order of first occurrence
+    assert dup.examples[0][1] == (f'{tmp_path / "a.json"}, item 0 (line 2)', f'{tmp_path / "b.jsonl"}, line 1',
+                                  f'{tmp_path / "b.jsonl"}, line 5')
+    text = dup.describe()
+    assert '5 records repeat the `id`' in text and 'All of them are trained on' in text
+    assert make(tmp_path, image_dir, GOOD, name='c.json').duplicate_ids.num_records == 0

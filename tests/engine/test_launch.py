@@ -28,10 +28,9 @@ def test_missing_model_section_is_an_error():
         check_config_keys(Config(dict(lr=1.0)))
 
 
-def test_misspelt_model_argument_fails_at_build_naming_it(tiny_assets):
-    cfg = prepare_config(TINY, cfg_options={'model.freeze_lm': True})
-    with pytest.raises(TypeError, match='freeze_lm'):
-        MODELS.build(cfg.model)
+def test_misspelt_model_argument_fails_at_start_naming_it(tiny_assets):
+    with pytest.raises(KeyError, match="model.freeze_lm.*did you mean 'freeze_llm'"):  # checked before any build
+        prepare_config(TINY, cfg_options={'model.freeze_lm': True})
 
 
 def test_missing_model_directory_fails_at_build_naming_key_and_path(tiny_assets, tmp_path):
@@ -44,7 +43,7 @@ def test_missing_model_directory_fails_at_build_naming_key_and_path(tiny_assets,
 def test_work_dir_defaults_to_config_name_and_resume_modes(tmp_path):
     cfg = prepare_config(TINY)
     assert cfg.work_dir == 'work_dirs/llava_v15_7b_pretrain_tiny_cpu'
-    assert prepare_config(TINY, resume='auto').resume is True
+    assert prepare_config(TINY, work_dir=str(tmp_path), resume='auto').resume is False  # nothing yet: fresh
     with pytest.raises(FileNotFoundError, match='no such checkpoint'):
         prepare_config(TINY, resume=str(tmp_path / 'iter_9.pth'))
 
@@ -105,3 +104,13 @@ def test_cpu_distributed_uses_gloo_and_no_device_ids(monkeypatch):
     assert calls == ['gloo']
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
     assert cfg.model_wrapper_cfg.device_ids is None
+
+
+def test_crash_hook_is_added_from_the_environment(monkeypatch):
+    monkeypatch.setenv('MLLM_ALIGN_CRASH_AT_ITER', '3')
+    monkeypatch.setenv('MLLM_ALIGN_CRASH_RANK', 'launcher')
+    hooks = prepare_config(TINY).custom_hooks
+    assert hooks[-1] == dict(type='SimulatedCrashHook', at_iter=3, target='launcher')
+    monkeypatch.delenv('MLLM_ALIGN_CRASH_AT_ITER')
+    assert all(h.get('type') != 'SimulatedCrashHook' for h in prepare_config(TINY).custom_hooks)
+

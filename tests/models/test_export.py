@@ -17,7 +17,8 @@ from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, C
 from mllm_align.constants import IMAGE_TOKEN_INDEX as IMG
 from mllm_align.models import LLaVAModel, VisionTower, load_llm, load_tokenizer
 from mllm_align.models.export import (EXPORT_INFO_NAME, build_model_from_config, compare_logits,
-                                      export_llava_to_hf, vision_feature_select_strategy)
+                                      export_llava_to_hf, image_processor_from_config,
+                                      vision_feature_select_strategy)
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 64
@@ -113,7 +114,9 @@ def test_export_reproduces_logits(dirs, tmp_path, case):
 
     # HF processor expands <image> to the tower's token count; logits match ours position by position.
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
-    batch = processor(images=image, text='<image> describe the image in one sentence .', return_tensors='pt')
+    # The exported tokenizer adds no BOS itself (chat templates write it): the text carries it.
+    batch = processor(images=image, text='<s><image> describe the image in one sentence .', return_tensors='pt')
+    assert set(batch) == {'input_ids', 'attention_mask', 'pixel_values'}  # no token_type_ids
     ids = batch['input_ids'][0]
     assert int((ids == cfg.image_token_index).sum()) == n_img
     ours_ids = torch.cat([ids[:1], torch.tensor([IMG]), ids[1 + n_img:]])  # <s> <image> text
@@ -226,3 +229,194 @@ def test_convert_script_end_to_end(dirs, tmp_path):
 
     rerun = subprocess.run(cmd + ['--no-verify'], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert rerun.returncode != 0 and '--overwrite' in rerun.stderr
+
+
+# ------------------------------------------------------------------ evaluation harness contract
+FAMILY = {'plain': 'vicuna', 'vicuna_v1': 'vicuna', 'llama3': 'llama3', 'qwen2': 'qwen2', 'phi3': 'phi3',
+          'mistral': 'vicuna'}
+_IMAGE, _TEXT = {'type': 'image'}, (lambda t: {'type': 'text', 'text': t})  # noqa: E731
+HARNESS_CONVERSATIONS = {  # what lmms-eval (string content) and VLMEvalKit (item lists) send
+    'image_text': [{'role': 'user', 'content': [_IMAGE, _TEXT('What is in the image?')]}],
+    'string': [{'role': 'user', 'content': '<image>\nWhat is in the image?'}],
+    'system_multi_turn': [{'role': 'system', 'content': [_TEXT('Answer in one word.')]},
+                          {'role': 'user', 'content': [_IMAGE, _TEXT('Shape?')]},
+                          {'role': 'assistant', 'content': 'a star'},
+                          {'role': 'user', 'content': [_TEXT('And the colour?')]}],
+    'two_images': [{'role': 'user', 'content': [_IMAGE, _IMAGE, _TEXT('Which one is red?')]}],
+}
+
+
+@pytest.fixture(scope='module')
+def family_dirs(dirs):
+    """Random tiny LLaMAs with each family's tiny BPE tokenizer (BOS/EOS/stop tokens as the real ones)."""
+    from mllm_align.testing.tiny_tokenizer import SAMPLE_CORPUS, build_tiny_tokenizer
+    torch.manual_seed(1)
+    for kind in set(FAMILY.values()):
+        tok = build_tiny_tokenizer(kind, list(SAMPLE_CORPUS), vocab_size=400)
+        LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                     pad_token_id=tok.pad_token_id)).save_pretrained(dirs / f'fam_{kind}')
+        tok.save_pretrained(dirs / f'fam_{kind}')
+    return dirs
+
+
+def _non_square_images(n):
+    rng = np.random.default_rng(7)
+    return [Image.fromarray(rng.integers(0, 255, (12 + 5 * k, 21, 3), dtype=np.uint8)) for k in range(n)]
+
+
+def _expanded(ids, image_token_id, n):
+    return [t for i in ids for t in ([image_token_id] * n if i == IMG else [i])]
+
+
+@pytest.mark.parametrize('template', list(FAMILY))
+def test_harness_prompts_ids_and_pixels_match_training(family_dirs, tmp_path, template):
+    from transformers import AutoProcessor, GenerationConfig
+
+    from mllm_align.data.hf_chat_template import messages_to_conversation
+    from mllm_align.data.image_processing import process_images
+    from mllm_align.data.templates import build_generation_prompt, get_template, render_conversation
+
+    kind = FAMILY[template]
+    model = LLaVAModel(llm=dict(type=load_llm, path=str(family_dirs / f'fam_{kind}'), attn_implementation='eager'),
+                       visual_encoder=dict(type=VisionTower, path=str(family_dirs / 'clip')),
+                       tokenizer=dict(type=load_tokenizer, path=str(family_dirs / f'fam_{kind}')), template=template)
+    image_processor = _image_processor(family_dirs, 'clip')
+    out = export_llava_to_hf(model, tmp_path / 'hf', image_processor=image_processor)
+    processor = AutoProcessor.from_pretrained(out)
+    assert type(processor).__name__ == 'LlavaProcessor'
+    image_token_id = json.loads((out / 'config.json').read_text())['image_token_index']
+    tok = model.tokenizer
+    bos = tok.bos_token_id
+    for name, messages in HARNESS_CONVERSATIONS.items():
+        conv = messages_to_conversation(messages)
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        assert prompt == render_conversation(conv, tok, template, add_generation_prompt=True), name
+        # lmms-eval renders with the tokenizer's template: the same text.
+        assert processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == prompt
+        images = _non_square_images(prompt.count('<image>'))
+        inputs = processor(images=images, text=prompt, return_tensors='pt')
+        assert set(inputs) == {'input_ids', 'attention_mask', 'pixel_values'}, name  # no token_type_ids
+        ids = inputs['input_ids'][0].tolist()
+        assert ids == _expanded(build_generation_prompt(conv, tok, template), image_token_id, 4), name
+        if bos is not None:
+            assert ids.count(bos) == (1 if '{bos}' in get_template(template).prefix else 0), name  # never doubled
+        # Padded to square with the mean, then resize/crop/normalise: exactly training's pixels.
+        torch.testing.assert_close(inputs['pixel_values'], process_images(images, image_processor, True),
+                                   atol=1e-6, rtol=0)
+    gen = GenerationConfig.from_pretrained(out)
+    stop = get_template(template).stop_token_ids(tok)
+    assert gen.eos_token_id == (stop[0] if len(stop) == 1 else stop) and gen.pad_token_id == model.pad_token_id
+    info = json.loads((out / EXPORT_INFO_NAME).read_text())
+    assert info['template'] == template and info['pad_image_to_square'] is True
+
+
+def test_processor_contract_check_fails_on_a_wrong_template_or_double_bos(family_dirs, tmp_path):
+    from mllm_align.data.hf_chat_template import chat_template_jinja
+    from mllm_align.models.hf_processor import build_llava_processor, check_processor_contract
+
+    llm_dir = family_dirs / 'fam_vicuna'
+    model = LLaVAModel(llm=dict(type=load_llm, path=str(llm_dir)),
+                       visual_encoder=dict(type=VisionTower, path=str(family_dirs / 'clip')),
+                       tokenizer=dict(type=load_tokenizer, path=str(llm_dir)), template='vicuna_v1')
+    image_processor = _image_processor(family_dirs, 'clip')
+    out = export_llava_to_hf(model, tmp_path / 'hf', image_processor=image_processor, pad_image_to_square=False)
+    assert json.loads((out / 'preprocessor_config.json').read_text())['image_processor_type'] == 'CLIPImageProcessor'
+    image_token_id = json.loads((out / 'config.json').read_text())['image_token_index']
+    args = (image_processor, False, 4, image_token_id)
+    check_processor_contract(out, model.tokenizer, 'vicuna_v1', *args)  # what the export itself ran
+    with pytest.raises(ValueError, match="'llama3' template gives"):
+        check_processor_contract(out, model.tokenizer, 'llama3', *args)
+    with pytest.raises(ValueError, match='other pixel_values than training'):
+        check_processor_contract(out, model.tokenizer, 'vicuna_v1', image_processor, True, 4, image_token_id)
+    # The training tokenizer as is (it prepends <s>) under a template that writes <s>: two BOS.
+    tok = load_tokenizer(str(llm_dir))
+    tok.add_tokens(['<image>'], special_tokens=True)
+    raw = (tmp_path / 'raw', model.tokenizer, 'vicuna_v1', image_processor, False, 4,
+           tok.convert_tokens_to_ids('<image>'))
+
+    def save_raw():
+        build_llava_processor(tok, image_processor, chat_template_jinja('vicuna_v1'), 8, 'default', 1).save_pretrained(
+            raw[0])
+
+    save_raw()
+    with pytest.raises(ValueError, match='token_type_ids'):  # the tokenizer as the LLM ships it
+        check_processor_contract(*raw)
+    tok.model_input_names = tok.init_kwargs['model_input_names'] = ['input_ids', 'attention_mask']  # both: saved
+    save_raw()
+    with pytest.raises(ValueError, match='two BOS'):
+        check_processor_contract(*raw)
+
+
+def test_export_settings_come_from_the_config(tmp_path):
+    from mmengine.config import Config
+
+    from mllm_align.models.export import export_settings_from_config
+    cfg = Config(dict(model=dict(template='qwen2'), train_dataloader=dict(dataset=dict(template='qwen2'))))
+    assert export_settings_from_config(cfg) == dict(template='qwen2', pad_image_to_square=True)
+    cfg = Config(dict(model=dict(), train_dataloader=dict(dataset=dict(template='phi3', pad_image_to_square=False))))
+    assert export_settings_from_config(cfg) == dict(template='phi3', pad_image_to_square=False)
+    cfg = Config(dict(model=dict(template='vicuna_v1'), train_dataloader=dict(dataset=dict(template='plain'))))
+    with pytest.raises(ValueError, match="model.template='vicuna_v1' but train_dataloader.dataset.template='plain'"):
+        export_settings_from_config(cfg)
+
+
+SFT_CONFIG = 'projects/llava/configs/finetune/llava_v15_7b_finetune_tiny_cpu.py'
+
+
+@pytest.mark.slow
+def test_harness_generate_gives_the_trained_models_answer(tiny_assets, tmp_path, monkeypatch):
+    """Train the tiny SFT config a few steps, convert with the CLI, then drive the export exactly as
+    lmms-eval's llava_hf / VLMEvalKit do: the greedy answer tokens equal LLaVAModel.predict's."""
+    from mmengine.config import Config
+    from transformers import AutoProcessor
+
+    from mllm_align.data import llava_collate_fn
+    from mllm_align.data.image_processing import process_images
+    from mllm_align.data.templates import build_generation_prompt
+    from mllm_align.models.llava import build_module
+
+    monkeypatch.chdir(REPO)  # the tiny config's paths are relative to the repository
+    cfg = Config.fromfile(SFT_CONFIG)
+    model = build_model_from_config(cfg).train()
+    dataset = build_module(cfg.train_dataloader.dataset)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    torch.manual_seed(0)
+    for step in range(3):  # a few real SFT steps (vicuna_v1 conversations, one- and two-image samples)
+        batch = llava_collate_fn([dataset[i] for i in range(8 * step, 8 * step + 8)], model.pad_token_id)
+        model(batch['data'], mode='loss')['loss_lm'].backward()
+        optim.step()
+        optim.zero_grad()
+    model.eval()
+    ckpt = tmp_path / 'iter_3.pth'
+    torch.save(dict(meta=dict(iter=3), state_dict=model.state_dict()), ckpt)
+
+    out = tmp_path / 'hf'
+    proc = subprocess.run([sys.executable, 'tools/convert_to_hf.py', SFT_CONFIG, str(ckpt), str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'vicuna_v1 (from the config)' in proc.stdout and 'OK' in proc.stdout
+
+    # --- the harness side: only transformers, only the export directory -----------------------------
+    processor = AutoProcessor.from_pretrained(out)
+    hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    with Image.open(cfg.evaluation_images[0]) as img:
+        image = img.convert('RGB').crop((0, 4, img.width, img.height - 6))  # non-square: padding matters
+    for question in cfg.evaluation_inputs:
+        messages = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': question}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=image, text=prompt, return_tensors='pt')
+        with torch.no_grad():
+            generated = hf.generate(**inputs, max_new_tokens=model.max_new_tokens, do_sample=False)
+        new_tokens = generated[:, inputs['input_ids'].shape[1]:]
+        answer = processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+
+        # --- mllm_align's own chat path on the same image and question ---------------------------------
+        ids = build_generation_prompt([{'from': 'human', 'value': f'<image>\n{question}'}], model.tokenizer,
+                                      model.template)
+        pixels = process_images([image], image_processor_from_config(cfg), pad_to_square=True)
+        ours = model.predict(dict(input_ids=torch.tensor([ids]), pixel_values=pixels,
+                                  attention_mask=torch.ones(1, len(ids), dtype=torch.bool)))[0]
+        assert new_tokens[0].tolist() == ours['token_ids'], question
+        assert answer.strip() == ours['prediction'] and ours['token_ids'], question
+        print(f'{question!r} -> {answer!r} ({len(ours["token_ids"])} tokens)')

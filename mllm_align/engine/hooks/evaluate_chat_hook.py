@@ -9,9 +9,9 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
-from PIL import Image
 
 from ...constants import DEFAULT_IMAGE_TOKEN
+from ...data.image_loading import load_image
 from ...data.image_processing import process_images
 from ...data.templates import build_generation_prompt
 
@@ -66,8 +66,7 @@ class EvaluateChatHook(Hook):
                 for path, question in zip(self.images, self.inputs):
                     conv = [{'from': 'human', 'value': f'{DEFAULT_IMAGE_TOKEN}\n{question}'}]
                     ids = build_generation_prompt(conv, model.tokenizer, model.template, system=self.system)
-                    with Image.open(path) as img:
-                        pixels = process_images([img], self.image_processor, self.pad_image_to_square)
+                    pixels = process_images([load_image(path)], self.image_processor, self.pad_image_to_square)
                     data = dict(input_ids=torch.tensor([ids], device=device),
                                 attention_mask=torch.ones(1, len(ids), dtype=torch.bool, device=device),
                                 pixel_values=pixels.to(device))
