@@ -37,9 +37,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copyreg
+import errno
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
@@ -66,10 +68,24 @@ def _atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
             os.fsync(f.fileno())
         check_launcher_alive(str(filepath))  # nothing is committed once the launcher died
         os.replace(tmp, filepath)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise _write_error(exc, filepath, directory, len(data)) from None  # one message, not two
         raise
+
+
+def _write_error(exc: OSError, filepath: Union[str, Path], directory: str, size: int) -> OSError:
+    """The same ``OSError`` (errno kept), naming the file, the space left and what to do."""
+    try:
+        free = f'{shutil.disk_usage(directory).free / 2**20:.1f} MiB free'
+    except OSError:
+        free = 'free space unknown'
+    return OSError(exc.errno, f'{exc.strerror or exc}: writing {str(filepath)!r} ({size / 2**20:.1f} MiB; '
+                              f'{free} in {directory!r}) failed and nothing was replaced: the checkpoints '
+                              'already saved are intact. Free space (or fix the permissions), or pass another '
+                              '--work-dir, then rerun with --resume.')
 
 
 def _umask() -> int:

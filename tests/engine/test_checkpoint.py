@@ -215,3 +215,21 @@ def test_eval_mir_refuses_an_hf_directory_with_a_poisoned_bin(tiny_assets, tmp_p
                       '--out', str(tmp_path / 'mir'), '--no-plots', '--no-progress'])
     assert rc == 1 and not marker.exists()
     assert 'pytorch_model.bin' in capsys.readouterr().err
+
+
+def test_a_full_disk_names_the_file_keeps_the_old_checkpoint_and_says_what_to_do(monkeypatch, tmp_path):
+    import errno
+
+    from mllm_align.engine.checkpoint import _atomic_write
+    from mllm_align.testing import fault_injection as fi
+    target = tmp_path / 'iter_4.pth'
+    _atomic_write(b'old checkpoint', target)
+    monkeypatch.setenv(fi.CKPT_FAULT_ENV, 'enospc:iter_4.pth')
+    monkeypatch.setenv('RANK', '0')
+    with pytest.raises(OSError) as info:
+        _atomic_write(b'new' * 1000, target)
+    message = str(info.value)
+    assert info.value.errno == errno.ENOSPC and message.count('No space left on device') == 1
+    assert str(target) in message and 'MiB free' in message and '--resume' in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # printed once, not twice
+    assert target.read_bytes() == b'old checkpoint' and sorted(tmp_path.iterdir()) == [target]
