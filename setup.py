@@ -24,7 +24,7 @@ setup(
     extras_require={
         # GPU-only packages: detected at run time, never required on CPU.
         'gpu': ['deepspeed==0.19.8', 'flash-attn'],
-        'dev': ['pytest==9.2.0', 'deepspeed==0.19.8'],  # = requirements-dev.txt
+        'dev': ['pytest==9.2.0', 'deepspeed==0.19.8', 'ruff==0.17.6'],  # = requirements-dev.txt
     },
     license='Apache-2.0',
 )

@@ -39,8 +39,7 @@ from transformers import CLIPImageProcessor
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mllm_align.data import (LengthGroupedSampler, LLaVADataset, encode_conversation,  # noqa: E402
-                             llava_collate_fn)
+from mllm_align.data import LengthGroupedSampler, LLaVADataset, encode_conversation, llava_collate_fn  # noqa: E402
 from mllm_align.testing.tiny_tokenizer import SAMPLE_CORPUS, build_tiny_tokenizer  # noqa: E402
 
 WORDS = ('the a of to in is on with what where image picture photo shows man woman child cat dog '
@@ -174,7 +173,8 @@ def main() -> int:
         print()
         print('| approach | records | start-up to first batch (s) |')
         print('|---|---:|---:|')
-        print(f'| lazy `LLaVADataset` (index + length estimates), construction only | {args.num_items:,} | {t_build:.2f} |')
+        print(f'| lazy `LLaVADataset` (index + length estimates), construction only | {args.num_items:,} '
+              f'| {t_build:.2f} |')
         print(f'| lazy `LLaVADataset` + `LengthGroupedSampler` + first batch of {args.batch_size} | '
               f'{args.num_items:,} | {t_first:.2f} |')
         print(f'| baseline: `json.load` + tokenize all (measured on {n_base:,}) | {n_base:,} | {t_base:.2f} |')

@@ -17,8 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mllm_align.testing.tiny_assets import (STAMP_NAME, build_tiny_assets,  # noqa: E402
-                                            summarize_tiny_assets)
+from mllm_align.testing.tiny_assets import STAMP_NAME, build_tiny_assets, summarize_tiny_assets  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -36,9 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mllm_align.engine.checkpoint import UnsafeCheckpointError, add_trust_checkpoint_argument  # noqa: E402
-from mllm_align.models.export import (build_model_from_config, compare_logits,  # noqa: E402
-                                      export_llava_to_hf, export_settings_from_config,
-                                      image_processor_from_config)
+from mllm_align.models.export import (  # noqa: E402
+    build_model_from_config,
+    compare_logits,
+    export_llava_to_hf,
+    export_settings_from_config,
+    image_processor_from_config,
+)
 
 # Default tolerance on max |logit diff|. An fp32 export matches to rounding. A half-precision
 # export is by default verified in fp32 (weights upcast exactly); what remains is the rounding of

@@ -42,8 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mllm_align.engine.checkpoint import add_trust_checkpoint_argument  # noqa: E402
 from mllm_align.engine.config_overrides import CfgOptionsAction  # noqa: E402
 from mllm_align.engine.distributed import exit_on_failure, start_launcher_watchdog  # noqa: E402
-from mllm_align.engine.launch import (build_runner, exit_after_training, prepare_config,  # noqa: E402
-                                      shutdown_distributed)
+from mllm_align.engine.launch import build_runner, exit_after_training, prepare_config, shutdown_distributed  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

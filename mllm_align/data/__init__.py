@@ -4,12 +4,26 @@ from .collate import llava_collate_fn
 from .image_loading import ImageTooLargeError, UnreadableImageError, load_image, read_image_size, to_rgb
 from .image_processing import background_color, expand2square, process_images
 from .json_index import JsonRecords, MalformedRecordError, index_json_array, index_jsonl
-from .llava_dataset import (BAD_SAMPLE_CAUSES, BadSampleError, ConcatDataset, LLaVADataset,
-                            MissingImageError, build_from_cfg)
+from .llava_dataset import (
+    BAD_SAMPLE_CAUSES,
+    BadSampleError,
+    ConcatDataset,
+    LLaVADataset,
+    MissingImageError,
+    build_from_cfg,
+)
 from .samplers import LengthGroupedSampler, length_grouped_indices
-from .templates import (TEMPLATES, ChatTemplate, ConversationError, build_generation_prompt,
-                        encode_conversation, get_template, normalize_conversation,
-                        register_template, render_conversation)
+from .templates import (
+    TEMPLATES,
+    ChatTemplate,
+    ConversationError,
+    build_generation_prompt,
+    encode_conversation,
+    get_template,
+    normalize_conversation,
+    register_template,
+    render_conversation,
+)
 
 __all__ = [
     'llava_collate_fn', 'ImageTooLargeError', 'UnreadableImageError', 'load_image', 'read_image_size',

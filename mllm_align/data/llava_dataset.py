@@ -1,6 +1,6 @@
 """LLaVA JSON / JSONL dataset: lazy, with exact label masks and explicit errors for bad samples.
 
-Data format (``shared/DESIGN.md``)::
+Data format (``docs/design.md``, "Data formats")::
 
     [{"id": "000000033471", "image": "coco/train2017/000000033471.jpg",
       "conversations": [{"from": "human", "value": "<image>\\nWhat are the colors of the bus?"},
@@ -63,8 +63,7 @@ from torch.utils.data import ConcatDataset as TorchConcatDataset
 from torch.utils.data import Dataset
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from .image_loading import (DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, UnreadableImageError,
-                            load_image)
+from .image_loading import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, UnreadableImageError, load_image
 from .image_processing import process_images, resolve_background
 from .json_index import JsonRecords, MalformedRecordError
 from .templates import ConversationError, encode_conversation, get_template, normalize_conversation

@@ -301,7 +301,8 @@ def _load_deepspeed_checkpoint(path: Path, trust: bool | None = None) -> dict:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
         raise RuntimeError(f'Could not read the DeepSpeed checkpoint {str(path)!r}: {exc}. It needs every '
-                           "rank's *_model_states.pt and *_optim_states.pt files (saved with save_optimizer=True).") from exc
+                           "rank's *_model_states.pt and *_optim_states.pt files "
+                           '(saved with save_optimizer=True).') from exc
     return {'state_dict': dict(state), 'meta': client.get('meta'), 'message_hub': client.get('message_hub')}
 
 

@@ -31,7 +31,6 @@ from mmengine.config import Config, ConfigDict
 from .config_checks import RUNNER_KEYS, check_component_keys, check_settings_agree
 from .config_overrides import load_config
 
-
 DeepSpeedChoice = Literal['deepspeed_zero2', 'deepspeed_zero3']
 
 

@@ -32,7 +32,8 @@ class TrainLoop(IterBasedTrainLoop):
         if (max_epochs is None) == (max_iters is None):
             raise ValueError('TrainLoop needs exactly one of `max_epochs` and `max_iters` in train_cfg.')
         if max_epochs is not None:
-            loader = runner.build_dataloader(dataloader, seed=runner.seed) if isinstance(dataloader, dict) else dataloader
+            loader = (runner.build_dataloader(dataloader, seed=runner.seed) if isinstance(dataloader, dict)
+                      else dataloader)
             max_iters = max(1, math.ceil(max_epochs * len(loader)))
             dataloader = loader
         super().__init__(runner, dataloader, max_iters=int(max_iters), val_begin=val_begin,

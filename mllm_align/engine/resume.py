@@ -42,8 +42,7 @@ from typing import Any, Literal, Union
 
 from mmengine.logging import print_log
 
-from .checkpoint import (DEEPSPEED_MODEL_STATES, DEEPSPEED_OPTIM_STATES, check_checkpoint_safe,
-                         is_deepspeed_checkpoint)
+from .checkpoint import DEEPSPEED_MODEL_STATES, DEEPSPEED_OPTIM_STATES, check_checkpoint_safe, is_deepspeed_checkpoint
 
 ITER_CHECKPOINT_RE = re.compile(r'^iter_(\d+)\.pth$')
 ResumeMode = Union[bool, Literal['auto', 'latest'], str, None]

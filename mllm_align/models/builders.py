@@ -11,8 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer,
-                          PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 DTypeName = Literal['float32', 'bfloat16', 'float16', 'auto']
 _DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16,

@@ -57,8 +57,13 @@ from ..constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from ..data.hf_chat_template import chat_template_jinja
 from ..data.templates import get_template
 from .builders import resolve_dtype, resolve_pad_token_id
-from .hf_processor import (build_llava_processor, check_processor_contract, generation_token_ids,
-                           harness_tokenizer, llava_image_processor)
+from .hf_processor import (
+    build_llava_processor,
+    check_processor_contract,
+    generation_token_ids,
+    harness_tokenizer,
+    llava_image_processor,
+)
 from .llava import LLaVAModel, build_module
 
 EXPORT_INFO_NAME = 'mllm_align_export.json'

@@ -34,7 +34,6 @@ import copy
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -52,9 +52,9 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
+from ..align.moca import MOCA_WEIGHTS_NAME, load_moca
 from ..constants import IMAGE_TOKEN_INDEX
 from ..metrics.mir import MIRAccumulator, MIRResult, SqrtMode
-from ..align.moca import MOCA_WEIGHTS_NAME, load_moca
 from .builders import resolve_pad_token_id
 from .splice import MultimodalInputs, splice_image_features
 

@@ -12,8 +12,14 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import (AutoModel, CLIPVisionConfig, CLIPVisionModel, Dinov2Model,
-                          SiglipVisionConfig, SiglipVisionModel)
+from transformers import (
+    AutoModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Dinov2Model,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from .builders import check_model_dir, load_config, resolve_dtype
 

@@ -42,13 +42,24 @@ import PIL
 import tokenizers
 import torch
 import transformers
-from transformers import (BitImageProcessor, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel,
-                          Dinov2Config, Dinov2Model, GenerationConfig, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedTokenizerBase, Qwen2Config,
-                          Qwen2ForCausalLM, SiglipImageProcessor, SiglipVisionConfig,
-                          SiglipVisionModel)
-from transformers.image_utils import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
-                                      OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+from transformers import (
+    BitImageProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Dinov2Config,
+    Dinov2Model,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from mllm_align.testing import shapes
 from mllm_align.testing.tiny_tokenizer import build_tiny_tokenizer

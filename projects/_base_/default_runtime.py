@@ -3,8 +3,7 @@
 Configs import it with ``with read_base(): from ..._base_.default_runtime import *`` and then set
 ``default_hooks.checkpoint`` from their own PART 1 (interval, how many to keep).
 """
-from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook,
-                            ParamSchedulerHook)
+from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.visualization import LocalVisBackend, Visualizer
 
 default_hooks = dict(

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
-                          Phi3ForCausalLM)
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM
 
 from mllm_align.align import CAL, cal_loss, cal_token_weights, cal_token_weights_from_gold
 from mllm_align.align.cal import drop_image_tokens, gather_gold_logits

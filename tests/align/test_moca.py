@@ -18,8 +18,14 @@ import torch
 from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM
 
 from mllm_align.align import MoCa
-from mllm_align.align.moca import (MOCA_CONFIG_NAME, MOCA_WEIGHTS_NAME, attach_moca_to_hf, find_decoder_layers,
-                                   load_moca, save_moca_for_hf)
+from mllm_align.align.moca import (
+    MOCA_CONFIG_NAME,
+    MOCA_WEIGHTS_NAME,
+    attach_moca_to_hf,
+    find_decoder_layers,
+    load_moca,
+    save_moca_for_hf,
+)
 from mllm_align.constants import IGNORE_INDEX as IGN
 from mllm_align.constants import IMAGE_TOKEN_INDEX as IMG
 from mllm_align.testing.net import free_port as find_free_port

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mllm_align.data.image_loading import (DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError,
-                                           UnreadableImageError, load_image, read_image_size, to_rgb)
+from mllm_align.data.image_loading import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageTooLargeError,
+    UnreadableImageError,
+    load_image,
+    read_image_size,
+    to_rgb,
+)
 
 
 def write_bomb_png(path, side: int = 20000) -> None:

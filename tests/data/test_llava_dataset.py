@@ -14,8 +14,7 @@ from transformers import CLIPImageProcessor
 import mllm_align.data.json_index as json_index
 import mllm_align.data.llava_dataset as llava_dataset
 from mllm_align.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from mllm_align.data import (BadSampleError, ConcatDataset, LLaVADataset, MissingImageError,
-                             encode_conversation)
+from mllm_align.data import BadSampleError, ConcatDataset, LLaVADataset, MissingImageError, encode_conversation
 from mllm_align.testing.tiny_tokenizer import SAMPLE_CORPUS, build_tiny_tokenizer
 
 

@@ -13,9 +13,16 @@ from pathlib import Path
 import pytest
 
 from mllm_align.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from mllm_align.data import (TEMPLATES, ChatTemplate, ConversationError, build_generation_prompt,
-                             encode_conversation, get_template, register_template,
-                             render_conversation)
+from mllm_align.data import (
+    TEMPLATES,
+    ChatTemplate,
+    ConversationError,
+    build_generation_prompt,
+    encode_conversation,
+    get_template,
+    register_template,
+    render_conversation,
+)
 from mllm_align.testing.tiny_tokenizer import SAMPLE_CORPUS, build_tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / 'fixtures'

@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from mllm_align.engine.config_checks import (ConfigKeyError, ConfigMismatchError, accepted_keys,
-                                             check_component_keys, tower_tokens)
+from mllm_align.engine.config_checks import (
+    ConfigKeyError,
+    ConfigMismatchError,
+    accepted_keys,
+    check_component_keys,
+    tower_tokens,
+)
 from mllm_align.engine.launch import check_config_keys, prepare_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -50,7 +50,8 @@ def test_a_failed_save_leaves_no_checkpoint_and_the_next_save_is_whole(tmp_path,
 
     monkeypatch.setattr(DeepSpeedStrategy, 'save_checkpoint', _fake_deepspeed_save())
     _strategy().save_checkpoint(str(target))
-    assert sorted(p.name for p in target.iterdir()) == [f'zero_pp_rank_{i}_mp_rank_00_model_states.pt' for i in range(3)]
+    expected = [f'zero_pp_rank_{i}_mp_rank_00_model_states.pt' for i in range(3)]
+    assert sorted(p.name for p in target.iterdir()) == expected
     assert not (tmp_path / '.iter_4.pth.partial').exists()
     _strategy().save_checkpoint(str(target))  # saving the same iteration again replaces it
     assert len(list(target.iterdir())) == 3

@@ -1,8 +1,8 @@
 """The fault-injection suite: kill -9 of one rank or of the launcher after a seeded-random iteration,
 and of all ranks, one rank or the launcher in the middle of a (seeded-random) checkpoint write, with 1
-and 2 processes, plain DDP and DeepSpeed ZeRO-2; Ctrl-C of the launcher. After ``--resume`` the final weights and optimizer state equal an uninterrupted run's bit for
-bit; a torn (uncommitted) checkpoint is never used; no rank outlives its launcher, and no
-checkpoint appears after the launcher died.
+and 2 processes, plain DDP and DeepSpeed ZeRO-2; Ctrl-C of the launcher. After ``--resume`` the final
+weights and optimizer state equal an uninterrupted run's bit for bit; a torn (uncommitted) checkpoint is
+never used; no rank outlives its launcher, and no checkpoint appears after the launcher died.
 
 The hooks are in mllm_align/testing/fault_injection.py (env-var driven); the rank side of launcher
 ownership in mllm_align/engine/distributed.py. The iterations are drawn from
@@ -22,8 +22,19 @@ import pytest
 
 from mllm_align.engine.checkpoint import is_deepspeed_checkpoint, load_checkpoint_file
 from mllm_align.testing import fault_injection as fi
-from mllm_align.testing.runs import (alive, assert_bitwise_equal, checkpoints, rank_pids, rss_kib, run, run_env,
-                                     start_run, train_command, wait_for, wait_gone)
+from mllm_align.testing.runs import (
+    alive,
+    assert_bitwise_equal,
+    checkpoints,
+    rank_pids,
+    rss_kib,
+    run,
+    run_env,
+    start_run,
+    train_command,
+    wait_for,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.slow
 ITERS, INTERVAL = 8, 2  # checkpoints iter_2, 4, 6, 8

@@ -14,8 +14,7 @@ import torch
 
 from mllm_align.engine.checkpoint import load_checkpoint_file
 from mllm_align.engine.launch import prepare_config
-from mllm_align.engine.resume import (ResumeError, checkpoint_dir, checkpoint_problem, find_checkpoints,
-                                     resolve_resume)
+from mllm_align.engine.resume import ResumeError, checkpoint_dir, checkpoint_problem, find_checkpoints, resolve_resume
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / 'projects/llava/configs/pretrain/llava_v15_7b_pretrain_tiny_cpu.py')

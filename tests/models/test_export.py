@@ -9,16 +9,33 @@ import pytest
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
-                          LlamaForCausalLM, LlavaForConditionalGeneration, LlavaProcessor,
-                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, SiglipImageProcessor,
-                          SiglipVisionConfig, SiglipVisionModel)
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from mllm_align.constants import IMAGE_TOKEN_INDEX as IMG
 from mllm_align.models import LLaVAModel, VisionTower, load_llm, load_tokenizer
-from mllm_align.models.export import (EXPORT_INFO_NAME, build_model_from_config, compare_logits,
-                                      export_llava_to_hf, image_processor_from_config,
-                                      vision_feature_select_strategy)
+from mllm_align.models.export import (
+    EXPORT_INFO_NAME,
+    build_model_from_config,
+    compare_logits,
+    export_llava_to_hf,
+    image_processor_from_config,
+    vision_feature_select_strategy,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 64

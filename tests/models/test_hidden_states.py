@@ -13,8 +13,7 @@ from mllm_align.constants import IMAGE_TOKEN_INDEX
 from mllm_align.data.mir_probe import build_mir_probe, default_text_folder, seeded_order
 from mllm_align.metrics.mir import compute_mir
 from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
-from mllm_align.models.hidden_states import (HFLlavaModel, compute_model_mir, iter_modality_hidden_states,
-                                             parse_layers)
+from mllm_align.models.hidden_states import HFLlavaModel, compute_model_mir, iter_modality_hidden_states, parse_layers
 
 TEXTS = ['The ferry left late because of fog over the harbour.',
          'Council members argued about the library budget for hours.',

@@ -1,8 +1,16 @@
 """LLaVAModel on tiny random HF models saved with save_pretrained (the real loading path)."""
 import pytest
 import torch
-from transformers import (CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel)
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from mllm_align.constants import IGNORE_INDEX as IGN
 from mllm_align.constants import IMAGE_TOKEN_INDEX as IMG
@@ -21,7 +29,8 @@ def model_dirs(tmp_path_factory):
     CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                      num_attention_heads=2, image_size=16, patch_size=8)).save_pretrained(root / 'clip')
     SiglipVisionModel(SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, image_size=16, patch_size=8)).save_pretrained(root / 'siglip')
+                                         num_attention_heads=2, image_size=16,
+                                         patch_size=8)).save_pretrained(root / 'siglip')
     return root
 
 
@@ -133,11 +142,12 @@ def test_vision_tower_prefix_tokens(model_dirs):
 
 
 def test_predict_batched_left_padding_equals_one_by_one(tiny_assets):
+    from PIL import Image
+
     from mllm_align.data.collate import llava_collate_fn
     from mllm_align.data.image_processing import process_images
     from mllm_align.data.templates import build_generation_prompt
     from mllm_align.models import load_tokenizer
-    from PIL import Image
     model = LLaVAModel(llm=dict(type=load_llm, path=str(tiny_assets.llm_qwen2)),
                        visual_encoder=dict(type=VisionTower, path=str(tiny_assets.vision_clip)),
                        tokenizer=dict(type=load_tokenizer, path=str(tiny_assets.llm_qwen2)),

@@ -13,13 +13,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import (AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer,
-                          GenerationConfig)
+from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from mllm_align.testing import shapes, tiny_assets
-from mllm_align.testing.tiny_assets import (LLM_KINDS, VISION_KINDS, TinyAssets,
-                                            build_tiny_assets, summarize_tiny_assets,
-                                            tiny_assets_paths)
+from mllm_align.testing.tiny_assets import (
+    LLM_KINDS,
+    VISION_KINDS,
+    TinyAssets,
+    build_tiny_assets,
+    summarize_tiny_assets,
+    tiny_assets_paths,
+)
 
 _CAPTION_RE = re.compile(r'an? (\w+) (\w+) (on the left|on the right|at the top|at the bottom|'
                          r'in the center)')

@@ -10,7 +10,7 @@ tested on CPU, not yet at 7B on GPUs); ``--deepspeed deepspeed_zero2`` works too
 
 Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
 ``llava_v15_7b_vw_pif_finetune_tiny_cpu.py``.
-"""
+"""  # noqa: E501 (the launch command stays on one line to copy and paste)
 from mmengine.config import read_base
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW

@@ -8,7 +8,7 @@ needs no chat format. The LLM stays frozen; the projector and ``vm_head`` (32000
 
 Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
 ``llava_mistral_7b_vw_pretrain_tiny_cpu.py``.
-"""
+"""  # noqa: E501 (the launch command stays on one line to copy and paste)
 from mmengine.config import read_base
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW

@@ -9,7 +9,7 @@ in the reference (``vw_pif_arch.py``). The LLM stays frozen; the projector and `
 
 Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
 ``llava_v15_7b_vw_pif_pretrain_tiny_cpu.py``.
-"""
+"""  # noqa: E501 (the launch command stays on one line to copy and paste)
 from mmengine.config import read_base
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW

@@ -11,7 +11,7 @@ The reference publishes no training script: the schedule is LLaVA-1.5's.
 
 Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
 ``llava_v15_7b_vw_pretrain_tiny_cpu.py``. Pseudo-image-feature variant: ``llava_v15_7b_vw_pif_pretrain.py``.
-"""
+"""  # noqa: E501 (the launch command stays on one line to copy and paste)
 from mmengine.config import read_base
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
