@@ -1,4 +1,4 @@
-"""The fault-injection suite: kill -9 of one rank or of the launcher after a seeded-random iteration,
+"""The fault-injection suite: kill -9 of one rank, of every rank or of the launcher after a seeded-random iteration,
 and of all ranks, one rank or the launcher in the middle of a (seeded-random) checkpoint write, with 1
 and 2 processes, plain DDP and DeepSpeed ZeRO-2; Ctrl-C of the launcher. After ``--resume`` the final
 weights and optimizer state equal an uninterrupted run's bit for bit; a torn (uncommitted) checkpoint is
@@ -161,14 +161,14 @@ def ds_ref(tiny_assets, tmp_path_factory):
     return root / 'ref'
 
 
-def test_kill_one_rank_at_random_iteration_then_resume(refs, tmp_path):
-    """Rank 1 alone is SIGKILLed; torchrun stops rank 0. (Every rank killed at a random iteration: the
-    checkpoint-write test below, and the soak test.)"""
-    at = _rng('kill-rank-1').randint(3, ITERS - 1)
-    context = f'2 processes, SIGKILL of rank 1 after iteration {at} (seed {SEED})'
+@pytest.mark.parametrize('who', ['1', 'all'])
+def test_kill_ranks_at_random_iteration_then_resume(refs, tmp_path, who):
+    """Rank 1 alone is SIGKILLed (torchrun stops rank 0), or every rank is, as a node failure would."""
+    at = _rng(f'kill-rank-{who}').randint(3, ITERS - 1)
+    context = f'2 processes, SIGKILL of rank(s) {who} after iteration {at} (seed {SEED})'
     work = tmp_path / 'run'
     code, out = run(_cmd(work, 2), tmp_path / 'crash.log',
-                    run_env(MLLM_ALIGN_CRASH_AT_ITER=str(at), MLLM_ALIGN_CRASH_RANK='1'))
+                    run_env(MLLM_ALIGN_CRASH_AT_ITER=str(at), MLLM_ALIGN_CRASH_RANK=who))
     assert code != 0, f'{context}: the run was not killed\n{out[-2000:]}'
     assert f'iter_{at + 1}.pth' not in checkpoints(work) and FINAL not in checkpoints(work), context
     _assert_committed_checkpoints_load(work)
