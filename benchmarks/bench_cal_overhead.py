@@ -50,10 +50,22 @@ sys.path.insert(0, str(REPO))
 
 from mllm_align.align import CAL, cal_loss  # noqa: E402
 from mllm_align.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
-from mllm_align.models import LLaVAModel, MultimodalInputs, VisionTower  # noqa: E402
+from mllm_align.models import AlignPlugin, LLaVAModel, MultimodalInputs, VisionTower  # noqa: E402
 
 
-class UniformWeights:
+class _FullLogitsLoss(AlignPlugin):
+    """A plug-in that replaces ``loss_lm`` and reads logits at every position (as the original does)."""
+
+    replaces_lm_loss = True
+
+    def logits_positions(self, inputs, lm_positions):
+        return None
+
+    def loss(self, model, inputs, logits, positions):
+        return self.compute_loss(model, inputs, logits)
+
+
+class UniformWeights(_FullLogitsLoss):
     """No second pass: CAL's loss with all weights 1 (= the mean cross-entropy)."""
 
     def compute_loss(self, model, inputs, logits):
@@ -61,7 +73,7 @@ class UniformWeights:
         return {'loss_lm': cal_loss(logits, inputs.labels, weights)}
 
 
-class OriginalCAL:
+class OriginalCAL(_FullLogitsLoss):
     """The reference code's CAL loss (foundation-multimodal-models/CAL @ 633a06c), as a plug-in."""
 
     def compute_loss(self, model, inputs, logits):
@@ -150,13 +162,19 @@ def bench_shape(shape: str, args: argparse.Namespace) -> dict[str, list[float]]:
                 'original': OriginalCAL()}
     names = list(variants)
     times = {n: [] for n in names}
+    def use(n: str) -> None:  # swap the loss plug-in on the one built model
+        if 'cal' in model.plugins:
+            model.remove_plugin('cal')
+        if variants[n] is not None:
+            model.add_plugin('cal', variants[n])
+
     for n in names:  # warm-up
-        model.cal = variants[n]
+        use(n)
         step(model, data)
     for rep in range(args.reps):
         order = names[rep % len(names):] + names[:rep % len(names)]
         for n in order:
-            model.cal = variants[n]
+            use(n)
             times[n].append(step(model, data))
         print(f'  [{shape}] rep {rep + 1}/{args.reps}: ' +
               ', '.join(f'{n} {times[n][-1]:.2f}s' for n in names), flush=True)

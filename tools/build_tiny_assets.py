@@ -1,12 +1,13 @@
-"""Build the tiny offline assets: random LLMs + tokenizers, vision towers + processors, shapes data.
+"""Build the tiny offline assets: random LLMs + tokenizers, vision towers + processors, shapes data, a tiny Qwen2-VL.
 
     python tools/build_tiny_assets.py            # into data/tiny (what the *_tiny_cpu configs use)
     python tools/build_tiny_assets.py --root /tmp/tiny --force
 
 Safe to re-run: when ``ROOT/.complete`` matches the builder's version and parameters nothing is
 rebuilt. A build goes to a temporary sibling directory and is renamed into place, so an
-interrupted run never leaves half-written assets. The work is done by
-``mllm_align.testing.tiny_assets.build_tiny_assets``.
+interrupted run never leaves half-written assets. The tiny Qwen2-VL (``ROOT/qwen2_vl``) has its
+own stamp, so building it never rebuilds the rest (``--no-qwen2-vl`` skips it). The work is done by
+``mllm_align.testing.tiny_assets.build_tiny_assets`` and ``build_tiny_qwen2_vl``.
 """
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mllm_align.testing.tiny_assets import STAMP_NAME, build_tiny_assets, summarize_tiny_assets  # noqa: E402
+from mllm_align.testing.tiny_assets import (  # noqa: E402
+    STAMP_NAME,
+    build_tiny_assets,
+    build_tiny_qwen2_vl,
+    summarize_tiny_assets,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='held-out shapes images for eval.json (default: 100)')
     parser.add_argument('--vocab-size', type=int, default=1024,
                         help='upper bound of each trained tokenizer vocabulary (default: 1024)')
+    parser.add_argument('--no-qwen2-vl', action='store_true',
+                        help='do not build the tiny Qwen2-VL (ROOT/qwen2_vl; the Qwen2-VL tiny configs need it)')
     return parser.parse_args(argv)
 
 
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     root = Path(args.root).absolute()
     print(f'root={root} force={args.force} seed={args.seed} num_train={args.num_train} '
-          f'num_eval={args.num_eval} vocab_size={args.vocab_size}')
+          f'num_eval={args.num_eval} vocab_size={args.vocab_size} qwen2_vl={not args.no_qwen2_vl}')
     stamp = root / STAMP_NAME
     before = stamp.stat().st_mtime_ns if stamp.exists() else None
     start = time.perf_counter()
@@ -77,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         assets = build_tiny_assets(root, force=args.force, seed=args.seed,
                                    num_train=args.num_train, num_eval=args.num_eval,
                                    vocab_size=args.vocab_size)
+        if not args.no_qwen2_vl:
+            build_tiny_qwen2_vl(root, force=args.force, seed=args.seed, vocab_size=args.vocab_size)
     except (OSError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
               f"grad {result['grad']:.2e} (max |grad| {result['grad_scale']:.2e}), "
               f"weights after {result['steps']} steps {result['param']:.2e}, "
               f"{result['num_params']} trained tensors, {result['world_size']} process(es)", flush=True)
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        # Every rank waits for the others, then tears gloo down: a rank leaving with the group alive can abort
+        # ("terminate called without an active exception") while another still talks to it.
+        dist.barrier()
+        dist.destroy_process_group()
     return 0 if ok else 1
 
 

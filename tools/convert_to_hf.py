@@ -35,14 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mllm_align.engine.checkpoint import UnsafeCheckpointError, add_trust_checkpoint_argument  # noqa: E402
-from mllm_align.models.export import (  # noqa: E402
+from mllm_align.engine.build import (  # noqa: E402
     build_model_from_config,
-    compare_logits,
-    export_llava_to_hf,
     export_settings_from_config,
     image_processor_from_config,
 )
+from mllm_align.engine.checkpoint import UnsafeCheckpointError, add_trust_checkpoint_argument  # noqa: E402
+from mllm_align.models.export import compare_logits  # noqa: E402
 
 # Default tolerance on max |logit diff|. An fp32 export matches to rounding. A half-precision
 # export is by default verified in fp32 (weights upcast exactly); what remains is the rounding of
@@ -80,11 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print('convert_to_hf: ' + ', '.join(f'{k}={v}' for k, v in vars(args).items()), flush=True)
 
-    from mmengine.config import Config
-
+    from mllm_align.engine.build import load_config
     from mllm_align.models.builders import load_image_processor, resolve_dtype
 
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
     try:
         settings = export_settings_from_config(cfg)
     except ValueError as exc:
@@ -100,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     model.to(args.device)
     image_processor = (load_image_processor(args.image_processor) if args.image_processor
                        else image_processor_from_config(cfg))
-    out = export_llava_to_hf(model, args.out_dir, image_processor=image_processor, overwrite=args.overwrite,
-                             source_config=str(Path(args.config).resolve()),
-                             source_checkpoint=str(Path(args.checkpoint).resolve()), **settings)
+    # The model writes itself (LLaVAModel.export_hf → mllm_align.models.export.export_llava_to_hf).
+    out = model.export_hf(args.out_dir, image_processor=image_processor, overwrite=args.overwrite,
+                          source_config=str(Path(args.config).resolve()),
+                          source_checkpoint=str(Path(args.checkpoint).resolve()), **settings)
 
     rows = [('output', str(out)), ('image processor', type(image_processor).__name__ if image_processor
                                    else 'none (no LlavaProcessor saved)'),
@@ -111,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             ('image padding', 'pad to square (as training)' if settings['pad_image_to_square'] else 'none')]
     status = 0
     if not args.no_verify:
-        export_dtype = next(model.llm.parameters()).dtype
+        export_dtype = next(model.language_model.parameters()).dtype
         atol = args.atol if args.atol is not None else DEFAULT_ATOL.get(export_dtype, 5e-2)
         if args.verify_dtype == 'float32':
             model.float()  # the export is written; upcasting the source is exact for its weights
         diff = compare_logits(model, out)
         ok = diff <= atol
-        verify_dtype = str(next(model.llm.parameters()).dtype).replace('torch.', '')
+        verify_dtype = str(next(model.language_model.parameters()).dtype).replace('torch.', '')
         rows.append((f'verify ({verify_dtype}): max abs logit diff',
                      f'{diff:.3e} (atol {atol:.0e}) {"OK" if ok else "FAILED"}'))
         status = 0 if ok else 1

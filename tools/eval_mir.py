@@ -4,9 +4,10 @@ A whole series (the base model is built once; only the trained weights change pe
     python tools/eval_mir.py work_dirs/demo --config CONFIG --eval-num 20 --out work_dirs/demo/mir
 One checkpoint:
     python tools/eval_mir.py work_dirs/run/iter_2000.pth --config CONFIG
-An HF LlavaForConditionalGeneration directory written by tools/convert_to_hf.py:
+An HF model directory (a LlavaForConditionalGeneration written by tools/convert_to_hf.py, or any
+model_type with a registered loader, see mllm_align.models.register_hf_dir_loader):
     python tools/eval_mir.py hf_out/ --images IMAGES_DIR [--template vicuna_v1]
-(a MoCa export in that directory, moca.safetensors, is re-attached as in training)
+(plug-ins the export recorded, e.g. MoCa's moca.safetensors, are re-attached as in training)
 Paper-comparable setting (100 TextVQA images, CNN/DailyMail stories):
     python tools/eval_mir.py RUN --config CONFIG --images textvqa/train_images \
         --texts cnn/stories --eval-num 100 --device cuda --dtype bfloat16
@@ -21,7 +22,8 @@ Defaults: images = the config's train dataset (data_path + image_folder); texts 
 the bare image in the model's template (the seed's prompt layout), cut to --text-max-tokens tokens;
 the text tokens are all positions after the image (--text-tokens after_image, the seed's choice).
 The probe runs through the model twice (streaming, memory flat in N). Details:
-mllm_align/data/mir_probe.py, mllm_align/models/hidden_states.py, mllm_align/metrics/mir.py.
+mllm_align/engine/mir_eval.py (config → runner), mllm_align/evaluation/ (the checkpoint runner and
+MIREvaluator), mllm_align/data/mir_probe.py, mllm_align/models/hidden_states.py, mllm_align/metrics/mir.py.
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ from mllm_align.models.hidden_states import TEXT_TOKENS  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('target', help='a work dir of iter_*.pth files, one .pth checkpoint, or an HF Llava directory')
+    parser.add_argument('target', help='a work dir of iter_*.pth files (or DeepSpeed checkpoint directories), one '
+                                       'checkpoint, or an HF model directory (e.g. a Llava export)')
     parser.add_argument('--config', help='the config the checkpoints were trained with (required for .pth)')
     parser.add_argument('--images', help="probe images: a folder or a LLaVA .json/.jsonl (default: the config's "
                                          'train dataset data_path)')

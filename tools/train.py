@@ -29,11 +29,16 @@ a rank that fails prints its traceback once ("rank N failed: ...") and exits at 
 waiting for the others; torchrun then stops the remaining ranks, which print one line each
 ("rank M: stopping because another rank failed"). The exit status is non-zero. Every rank
 also stops when the launcher dies (SIGKILL included), and writes no checkpoint after that.
+
+For the fault-injection tests only: MLLM_ALIGN_CRASH_AT_ITER / MLLM_ALIGN_CKPT_FAULT (and the variables
+that go with them, mllm_align/testing/fault_injection.py) add that module's crash or checkpoint-write
+hook to the config's custom_hooks. Without them mllm_align.testing is not imported.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -65,6 +70,19 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+# The test suite's fault requests (mllm_align/testing/fault_injection.py); checked by name here so that a
+# normal run does not import mllm_align.testing.
+FAULT_REQUEST_ENVS = ('MLLM_ALIGN_CRASH_AT_ITER', 'MLLM_ALIGN_CKPT_FAULT')
+
+
+def fault_hooks() -> list[dict]:
+    """The fault-injection hook configs the environment asks for (none, and no import, in a normal run)."""
+    if not any(os.environ.get(name) for name in FAULT_REQUEST_ENVS):
+        return []
+    from mllm_align.testing.fault_injection import fault_hooks_from_env
+    return fault_hooks_from_env()
+
+
 def _announce_log_file(runner) -> None:
     """Print (rank 0) where mmengine writes this run's log: work_dir/<timestamp>/<timestamp>.log."""
     files = [h.baseFilename for h in runner.logger.handlers if isinstance(h, logging.FileHandler)]
@@ -79,7 +97,8 @@ def main() -> None:
         start_launcher_watchdog()  # this rank dies with its launcher (mllm_align/engine/distributed.py)
     try:
         cfg = prepare_config(args.config, work_dir=args.work_dir, resume=args.resume,
-                             cfg_options=args.cfg_options, deepspeed=args.deepspeed, launcher=args.launcher)
+                             cfg_options=args.cfg_options, deepspeed=args.deepspeed, launcher=args.launcher,
+                             extra_hooks=fault_hooks())
         runner = build_runner(cfg)
         _announce_log_file(runner)
         runner.train()

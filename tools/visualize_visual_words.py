@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('images', nargs='+', help='image files (any format PIL reads)')
     parser.add_argument('--config', required=True, help='the config the checkpoint was trained with '
-                                                        '(its model must have visual_words=dict(...))')
+                                                        '(its model must have a VisualWords plug-in)')
     parser.add_argument('--checkpoint', help='an iter_N.pth of that run (trainable weights: projector, vm_head); '
                                              'omit to draw the untrained model')
     parser.add_argument('--out-dir', help="output folder (default: <checkpoint folder>/visual_words, or "
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mllm_align.align.visual_words_viz import visualize_image
     from mllm_align.data.image_loading import load_image
-    from mllm_align.models.export import build_model_from_config, image_processor_from_config
+    from mllm_align.engine.build import build_model_from_config, image_processor_from_config
 
     try:
         model = build_model_from_config(args.config, args.checkpoint).to(args.device)

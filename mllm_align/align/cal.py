@@ -44,7 +44,7 @@ Departures from the reference code, and the options that reproduce it:
   full-length pass instead; with ``pooling='flat'`` it reproduces the original's weights.
 * Model support. The original is a fork of LLaVA's LLaMA wrapper; it crashes on other LLMs and in
   eval mode (``logits_wo_img`` is only defined when ``self.training``). Here the pass goes through
-  :meth:`LLaVAModel.run_llm` with ``inputs_embeds``, ``attention_mask`` and ``position_ids`` only, so
+  :meth:`MultimodalModel.run_llm` with ``inputs_embeds``, ``attention_mask`` and ``position_ids`` only, so
   it works for any decoder-only HF LLM (LLaMA, Qwen2, Mistral, Phi-3, …), peft-wrapped or not, in
   train and eval mode.
 * Dropout. The no-image pass runs in the model's current mode, as in the original (which only runs it
@@ -57,13 +57,14 @@ Shapes: B batch, L spliced length, V vocabulary, Lc compacted (image-free) lengt
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..constants import IGNORE_INDEX
-from ..models.llava import supervised_positions
+from ..models.base import MultimodalModel
+from ..models.plugin import AlignPlugin
 from ..models.splice import MultimodalInputs
 
 __all__ = ['CAL', 'cal_loss', 'cal_token_weights', 'cal_token_weights_from_gold', 'drop_image_tokens',
@@ -242,24 +243,26 @@ def drop_image_tokens(inputs: MultimodalInputs,
     embeds, attn, pos = inputs.inputs_embeds, inputs.attention_mask.bool(), inputs.position_ids
     ids = inputs.input_ids
     if rows is not None:
-        embeds, attn, pos, ids = embeds[rows], attn[rows], pos[rows], ids[rows] if ids is not None else None
+        embeds, attn, pos, ids = embeds[rows], attn[rows], pos[..., rows, :], ids[rows] if ids is not None else None
         image_mask = inputs.image_mask[rows]
     else:
         image_mask = inputs.image_mask
     keep = attn & ~image_mask  # (B', L)
     B, L, D = embeds.shape
+    lead = pos.shape[:-2]  # () for 1-D positions, (3,) for M-RoPE: positions are [..., B', L]
     n_keep = keep.sum(1)  # (B',)
     Lc = int(n_keep.max()) + 1 if B else 1
-    dest = torch.where(keep, keep.long().cumsum(1) - 1, torch.full_like(pos, -1))  # (B', L)
+    dest = torch.where(keep, keep.long().cumsum(1) - 1, torch.full_like(keep, -1, dtype=torch.long))  # (B', L)
     b_idx, t_idx = keep.nonzero(as_tuple=True)
     c_idx = dest[b_idx, t_idx]
     out_embeds = embeds.new_zeros(B, Lc, D)
     out_embeds[b_idx, c_idx] = embeds[b_idx, t_idx]
-    out_pos = torch.zeros(B, Lc, dtype=pos.dtype, device=pos.device)
-    out_pos[b_idx, c_idx] = pos[b_idx, t_idx]
+    out_pos = torch.zeros(*lead, B, Lc, dtype=pos.dtype, device=pos.device)
+    out_pos[..., b_idx, c_idx] = pos[..., b_idx, t_idx]
     slots = torch.arange(Lc, device=pos.device)[None, :]  # (1, Lc)
     out_mask = slots < n_keep[:, None]  # (B', Lc)
-    last = out_pos.gather(1, (n_keep - 1).clamp(min=0)[:, None])  # (B', 1)
+    last_idx = (n_keep - 1).clamp(min=0)[:, None].expand(*lead, B, 1)  # (..., B', 1)
+    last = out_pos.gather(-1, last_idx)  # (..., B', 1)
     last = torch.where(n_keep[:, None] > 0, last, torch.full_like(last, -1))
     out_pos = torch.where(out_mask, out_pos, last + 1 + slots - n_keep[:, None])
     out_ids = None
@@ -271,11 +274,12 @@ def drop_image_tokens(inputs: MultimodalInputs,
     return compact, dest
 
 
-class CAL:
-    """CAL loss re-weighting as a LLaVAModel plug-in: ``cal=dict(type=CAL, alpha=1.0, beta=5.0, ...)``.
+class CAL(AlignPlugin):
+    """CAL loss re-weighting as a plug-in: ``plugins=dict(cal=dict(type=CAL, alpha=1.0, beta=5.0, ...))``.
 
     :meth:`compute_loss` replaces the plain ``loss_lm`` by the weighted cross-entropy (module
-    docstring for the math and how it departs from the original code).
+    docstring for the math and how it departs from the original code). Its no-image pass goes through
+    the base's ``run_llm``, so every other plug-in (MoCa, …) sees that pass too, without CAL knowing them.
 
     Args:
         alpha: lower clamp of the logit difference Δ (paper: 1).
@@ -291,40 +295,49 @@ class CAL:
         ValueError: alpha > beta, an even or non-positive window, an unknown pooling or pass.
     """
 
+    replaces_lm_loss = True
+
     def __init__(self, alpha: float = 1.0, beta: float = 5.0, window: int = 3,
                  pooling: Pooling = 'sample', no_image_pass: NoImagePass = 'drop') -> None:
+        super().__init__()
         _check_args(alpha, beta, window, pooling)
         if no_image_pass not in ('drop', 'mask'):
             raise ValueError(f"CAL no_image_pass must be 'drop' or 'mask', got {no_image_pass!r}.")
         self.alpha, self.beta, self.window = float(alpha), float(beta), window
         self.pooling, self.no_image_pass = pooling, no_image_pass
 
-    def __repr__(self) -> str:
-        return (f'CAL(alpha={self.alpha}, beta={self.beta}, window={self.window}, '
-                f'pooling={self.pooling!r}, no_image_pass={self.no_image_pass!r})')
+    def extra_repr(self) -> str:
+        return (f'alpha={self.alpha}, beta={self.beta}, window={self.window}, '
+                f'pooling={self.pooling!r}, no_image_pass={self.no_image_pass!r}')
 
-    def logits_positions(self, labels: torch.Tensor) -> torch.Tensor | None:
-        """The with-image logits :meth:`compute_loss` needs: ``[P]`` positions, or None for all of them.
+    def logits_positions(self, inputs: MultimodalInputs, lm_positions: torch.Tensor) -> torch.Tensor | None:
+        """The with-image logits :meth:`compute_loss` needs (plug-in protocol).
 
-        ``'sample'`` pooling reads only supervised targets: :func:`~mllm_align.models.supervised_positions`
-        (pass them as HF ``logits_to_keep``). ``'flat'`` pooling reads every position: None.
+        ``'sample'`` pooling reads only supervised targets: the LM loss's positions
+        (:func:`~mllm_align.models.base.supervised_positions`, passed as HF ``logits_to_keep``).
+        ``'flat'`` pooling reads every position: None.
         """
-        return supervised_positions(labels) if self.pooling == 'sample' else None
+        return lm_positions if self.pooling == 'sample' else None
+
+    def loss(self, model: MultimodalModel, inputs: MultimodalInputs, logits: torch.Tensor,
+             positions: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Plug-in protocol: :meth:`compute_loss`."""
+        return self.compute_loss(model, inputs, logits, positions)
 
     @torch.no_grad()
-    def no_image_gold_logits(self, model: Any, inputs: MultimodalInputs,
+    def no_image_gold_logits(self, model: MultimodalModel, inputs: MultimodalInputs,
                              targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Gold-token logits without the image, aligned with the shifted labels.
 
         Runs ``model.run_llm`` once under ``no_grad`` in the model's current train/eval mode (skipped when
         no sample has an image, or no needed target has an image-free prediction to keep). With
-        ``targets`` and a model whose LLM accepts HF ``logits_to_keep`` (``model._logits_to_keep``),
+        ``targets`` and a model whose LLM accepts HF ``logits_to_keep`` (``model.supports_logits_to_keep``),
         lm_head runs only on the rows that predict those targets: ``[B', P', V]`` logits, P' the union
         over the samples of the (compact) predictor positions, instead of ``[B', Lc, V]`` (``[B, P, V]``
         instead of ``[B, L, V]`` for ``'mask'``).
 
         Args:
-            model: the :class:`LLaVAModel`.
+            model: the base (:class:`~mllm_align.models.base.MultimodalModel`).
             inputs: the spliced batch (needs ``labels``).
             targets: ``[B, L-1]`` bool, the shifted targets whose image-free logit is needed; None: all.
 
@@ -335,7 +348,7 @@ class CAL:
         labels = inputs.labels
         B, L = labels.shape
         gold_ids = gold_token_ids(labels)  # (B, L-1)
-        keep = targets is not None and bool(getattr(model, '_logits_to_keep', False))
+        keep = targets is not None and bool(model.supports_logits_to_keep)
         if self.no_image_pass == 'mask':
             masked = MultimodalInputs(
                 inputs_embeds=inputs.inputs_embeds,
@@ -383,7 +396,7 @@ class CAL:
         has[rows[b_idx], t_idx - 1] = True
         return gold, has
 
-    def compute_loss(self, model: Any, inputs: MultimodalInputs, logits: torch.Tensor,
+    def compute_loss(self, model: MultimodalModel, inputs: MultimodalInputs, logits: torch.Tensor,
                      positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The CAL-weighted ``loss_lm`` and diagnostics for one batch.
 
@@ -391,7 +404,7 @@ class CAL:
         predicted, if the LLM accepts ``logits_to_keep`` (see :meth:`no_image_gold_logits`).
 
         Args:
-            model: the :class:`LLaVAModel` (its ``run_llm`` runs the no-image pass).
+            model: the base (its ``run_llm`` runs the no-image pass).
             inputs: the spliced batch of the with-image pass (needs ``labels [B, L]``).
             logits: logits of the with-image pass (with grad): ``[B, L, V]``, or ``[B, P, V]`` at
                 ``positions``.
@@ -412,15 +425,9 @@ class CAL:
             raise ValueError("CAL pooling='flat' reads every position: pass full logits (positions=None).")
         valid = labels[:, 1:] != IGNORE_INDEX  # (B, L-1)
         gold_img = gather_gold_logits(logits.detach(), labels, positions)  # (B, L-1)
-        try:
-            gold_noimg, has_noimg = self.no_image_gold_logits(
-                model, inputs, targets=valid if self.pooling == 'sample' else None)
-        finally:
-            # Plug-ins that keep the image mask between passes (MoCa) must see the with-image mask
-            # again: activation checkpointing re-runs the with-image layers during backward.
-            moca = getattr(model, 'moca', None)
-            if moca is not None:
-                moca.set_image_mask(inputs.image_mask)
+        # The base's run_llm tells every plug-in about this extra pass, then about the main pass again.
+        gold_noimg, has_noimg = self.no_image_gold_logits(
+            model, inputs, targets=valid if self.pooling == 'sample' else None)
         if self.no_image_pass == 'drop':
             no_image = ~inputs.image_mask.any(1)  # (B,) Δ = 0 exactly
             gold_noimg = torch.where(no_image[:, None], gold_img, gold_noimg)

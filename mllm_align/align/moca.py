@@ -25,8 +25,8 @@ output) and at vision-token positions only::
   fresh output tensor, by one small autograd function that saves just those rows (N × D per layer,
   in the hidden dtype); the vision-row indices are computed once per ``set_image_mask`` (one
   device sync per pass). See ``benchmarks/bench_moca_overhead.py``.
-* **Where the mask comes from.** ``set_image_mask(image_mask [B, L])`` before every LLM pass
-  (:class:`~mllm_align.models.llava.LLaVAModel` does it in ``run_llm`` and ``predict``). The mask
+* **Where the mask comes from.** ``set_image_mask(image_mask [B, L])`` before every LLM pass (the
+  plug-in hook ``before_llm_pass``, which every base calls in ``run_llm`` and ``predict``). The mask
   stays set until the next call, so gradient checkpointing can recompute layers during backward;
   use ``with moca.use_image_mask(mask):`` for an extra pass in between (it restores the previous
   mask), e.g. CAL's no-image pass.
@@ -86,6 +86,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..models.base import MultimodalModel, find_decoder_layers
+from ..models.plugin import AlignPlugin
+from ..models.splice import MultimodalInputs
 from ._zero3 import zero3_gather_in, zero3_release_from
 
 __all__ = ['MoCa', 'attach_moca_to_hf', 'find_decoder_layers', 'load_moca', 'save_moca_for_hf',
@@ -96,39 +99,6 @@ MOCA_CONFIG_NAME = 'moca_config.json'
 MOCA_FORMAT = 'mllm_align.moca/1'
 # mmengine ``optim_wrapper.paramwise_cfg`` that keeps MoCa out of weight decay (matches ``moca.u``/``moca.v``).
 NO_DECAY_PARAMWISE_CFG = dict(custom_keys={'moca': dict(decay_mult=0.0)})
-
-# Attribute paths, from a causal-LM (or its decoder), where HF decoder-only models keep their layers.
-_LAYER_PATHS = ('model.layers', 'layers', 'model.language_model.layers', 'language_model.layers',
-                'transformer.h', 'gpt_neox.layers', 'model.decoder.layers', 'transformer.blocks')
-
-
-def _get_path(obj: Any, path: str) -> Any:
-    for name in path.split('.'):
-        obj = getattr(obj, name, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of an HF decoder-only LLM (LLaMA, Qwen2, Mistral, Phi-3, …), peft-wrapped or not.
-
-    Looks through ``get_base_model()`` (peft), then ``get_decoder().layers``, then the usual
-    attribute paths (``model.layers``, ``transformer.h``, ``gpt_neox.layers``, …).
-
-    Raises:
-        ValueError: no non-empty ``nn.ModuleList`` of layers was found.
-    """
-    base = model.get_base_model() if hasattr(model, 'get_base_model') else model
-    decoder = base.get_decoder() if hasattr(base, 'get_decoder') else None
-    for root, path in [(decoder, 'layers')] + [(base, p) for p in _LAYER_PATHS]:
-        layers = _get_path(root, path) if root is not None else None
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            return layers
-    raise ValueError(f'Cannot find the decoder layers of {type(model).__name__}: looked for '
-                     f'get_decoder().layers and {", ".join(_LAYER_PATHS)}. Pass them explicitly: '
-                     'moca.attach(llm, layers=llm.<path to the nn.ModuleList>).')
-
 
 class _VisionAffine(torch.autograd.Function):
     """``h[rows] ← (v + h[rows] · u)`` in fp32, cast back; the other rows untouched.
@@ -192,15 +162,15 @@ class _CalibratedForward:
         return self.moca.calibrate_output(self.inner(*args, **kwargs), self.layer_idx)
 
 
-class MoCa(nn.Module):
+class MoCa(AlignPlugin):
     """Per-layer, per-channel affine calibration of vision tokens: Eq. h ← u ⊙ h + v (MIR paper, MoCa).
 
     See the module docstring for where it sits, the skip rules, export and loading, and how u, v are
     gathered under DeepSpeed ZeRO-3 (registered with each wrapped layer; checked by ``tools/check_zero3.py``).
 
     Args:
-        num_layers: K, the LLM's decoder layers (``LLaVAModel`` fills ``config.num_hidden_layers``).
-        hidden_size: D, the LLM's hidden size (``LLaVAModel`` fills ``config.hidden_size``).
+        num_layers: K, the LLM's decoder layers (the base fills it from its LLM).
+        hidden_size: D, the LLM's hidden size (the base fills it from its LLM).
         init_std: std of Gaussian noise added to the identity init (u = 1, v = 0); the seed's
             ``moca_std``. Default 0: exact identity, the model's outputs are unchanged at init.
 
@@ -247,17 +217,27 @@ class MoCa(nn.Module):
     def attached(self) -> bool:
         return bool(self._attached)
 
+    @classmethod
+    def build_kwargs(cls, model: MultimodalModel) -> dict[str, Any]:
+        """K and D from the base's LLM (``num_layers``, ``hidden_size``)."""
+        return dict(num_layers=model.num_layers, hidden_size=model.hidden_size)
+
     def attach(self, llm: nn.Module, layers: nn.ModuleList | None = None) -> 'MoCa':
-        """Wrap the ``forward`` of each decoder layer of ``llm`` (once); returns self.
+        """Wrap the ``forward`` of each decoder layer (once); returns self.
 
         Args:
-            llm: an HF decoder-only LLM (``LlamaForCausalLM``, …, its base model, or a peft wrapper).
+            llm: a multimodal base (:class:`~mllm_align.models.base.MultimodalModel`: its
+                ``decoder_layers``), or an HF decoder-only LLM (``LlamaForCausalLM``, …, its base model,
+                or a peft wrapper).
             layers: the decoder layers, when :func:`find_decoder_layers` cannot find them.
 
         Raises:
             RuntimeError: already attached.
             ValueError: the LLM has another number of layers or another hidden size than this MoCa.
         """
+        if isinstance(llm, MultimodalModel):
+            layers = llm.decoder_layers if layers is None else layers
+            llm = llm.language_model
         if self.attached:
             raise RuntimeError('MoCa is already attached; call detach() first.')
         layers = find_decoder_layers(llm) if layers is None else layers
@@ -320,6 +300,10 @@ class MoCa(nn.Module):
             image_mask = image_mask.bool()
             rows = image_mask.reshape(-1).nonzero().squeeze(1)  # (N,) indices into the [B·L] rows
         self._image_mask, self._rows = image_mask, rows
+
+    def before_llm_pass(self, inputs: MultimodalInputs) -> None:
+        """Plug-in protocol: calibrate the vision positions of this pass (``inputs.image_mask``)."""
+        self.set_image_mask(inputs.image_mask)
 
     @property
     def image_mask(self) -> torch.Tensor | None:
@@ -394,11 +378,31 @@ class MoCa(nn.Module):
     # ------------------------------------------------------------------ optimiser
     @staticmethod
     def no_decay_names(prefix: str = 'moca') -> list[str]:
-        """Parameter names to keep out of weight decay (as named in ``LLaVAModel``: ``moca.u``, ``moca.v``).
+        """Parameter names to keep out of weight decay (as named in the model: ``moca.u``, ``moca.v``).
 
         In a config: ``optim_wrapper=dict(..., paramwise_cfg=dict(custom_keys={'moca': dict(decay_mult=0.0)}))``.
         """
         return [f'{prefix}.u', f'{prefix}.v'] if prefix else ['u', 'v']
+
+
+    # ------------------------------------------------------------------ export (plug-in protocol)
+    def export_files(self, model: MultimodalModel, out_dir: str | os.PathLike) -> list[str]:
+        """u, v beside an HF export (:func:`save_moca_for_hf`); the image token id is read from the
+        export's ``config.json`` when it is already written."""
+        config_file = Path(out_dir) / 'config.json'
+        image_token_id = None
+        if config_file.is_file():
+            hf_config = json.loads(config_file.read_text())
+            image_token_id = hf_config.get('image_token_index', hf_config.get('image_token_id'))
+        return save_moca_for_hf(self, out_dir, image_token_id=image_token_id)
+
+    @classmethod
+    def from_export(cls, model: MultimodalModel, directory: str | os.PathLike) -> "MoCa | None":
+        """The MoCa saved in an HF export directory (None if it holds none), on ``model``'s device."""
+        if not (Path(directory) / MOCA_WEIGHTS_NAME).is_file():
+            return None
+        moca = load_moca(directory)
+        return moca.to(next(model.parameters()).device)
 
 
 # ---------------------------------------------------------------------------------------- HF export

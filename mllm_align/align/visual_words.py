@@ -37,7 +37,7 @@ Where this departs from the reference code, and why:
   0.02 for LLaMA/Vicuna/Mistral/Qwen2); its released checkpoints carry a trained ``vm_head``, and
   the training code, hence any copy from ``lm_head``, is not published. ``vm_head_init='normal'``
   (default) reproduces that init; ``'lm_head'`` and ``'embed_tokens'`` copy the LLM's output or
-  input embedding matrix at :meth:`VisualWords.attach` time (``LLaVAModel`` calls it right after
+  input embedding matrix at :meth:`VisualWords.attach` time (the base calls it right after
   building the plug-in, before ``pretrained_pth`` is loaded).
 * **pif targets.** With pseudo image features the reference computes the target q from the
   projected features F *before* they are replaced by F′ (``textual_image_score`` in
@@ -64,7 +64,7 @@ Where this departs from the reference code, and why:
   during its forward and gathers it for the whole step at the top-level module; the registration
   here does not rely on that and keeps ``vm_head`` gathered only while this module runs.)
 * **Tokens added to the tokenizer.** The reference never resizes ``vm_head``.
-  :meth:`VisualWords.resize` keeps the existing rows; ``LLaVAModel.resize_token_embeddings(n)``
+  :meth:`VisualWords.resize` keeps the existing rows; ``model.resize_token_embeddings(n)``
   resizes the LLM embeddings and ``vm_head`` together (the entry point to use).
 """
 from __future__ import annotations
@@ -77,6 +77,8 @@ from mmengine.logging import print_log
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..models.base import MultimodalModel
+from ..models.plugin import AlignPlugin
 from ._zero3 import zero3_gather_in
 
 __all__ = ['VisualWords', 'visual_word_loss', 'pseudo_image_features', 'visual_word_slots']
@@ -232,7 +234,7 @@ def _visual_word_kl(logits: torch.Tensor, image_mask: torch.Tensor, slot_feature
     if vm_head_weight.dim() != 2 or vm_head_weight.shape[0] != V:
         raise ValueError(f'vm_head has {vm_head_weight.shape[0]} rows but the logits have V={V}: the '
                          'visual-word head and the LLM output must share a vocabulary. After adding tokens, '
-                         'resize both with LLaVAModel.resize_token_embeddings(n).')
+                         'resize both with model.resize_token_embeddings(n).')
     b, t, keep = visual_word_slots(image_mask, attention_mask)
     if slot_features.shape[0] != b.shape[0] or slot_features.shape[-1] != vm_head_weight.shape[1]:
         raise ValueError(f'{slot_features.shape[0]} feature rows of width {slot_features.shape[-1]} for '
@@ -309,7 +311,7 @@ def pseudo_image_features(features: torch.Tensor, vm_head_weight: torch.Tensor, 
     """
     if vm_head_weight.shape[0] != embed_weight.shape[0]:
         raise ValueError(f'vm_head has {vm_head_weight.shape[0]} rows but the embedding matrix has '
-                         f'{embed_weight.shape[0]}: resize both with LLaVAModel.resize_token_embeddings(n).')
+                         f'{embed_weight.shape[0]}: resize both with model.resize_token_embeddings(n).')
     rows = features.reshape(-1, features.shape[-1])  # (N·P, D)
     chunk = _chunk_rows(embed_weight.shape[0], chunk_size)
     grad = torch.is_grad_enabled() and (rows.requires_grad or vm_head_weight.requires_grad
@@ -325,15 +327,15 @@ def pseudo_image_features(features: torch.Tensor, vm_head_weight: torch.Tensor, 
     return out.reshape(*features.shape[:-1], embed_weight.shape[1])  # (N, P, D)
 
 
-class VisualWords(nn.Module):
-    """VW-LMM visual-word supervision as a :class:`~mllm_align.models.LLaVAModel` plug-in.
+class VisualWords(AlignPlugin):
+    """VW-LMM visual-word supervision as a plug-in (:class:`~mllm_align.models.AlignPlugin`).
 
     The visual word of image slot t is q_t = softmax(vm_head(x_t)) over the
     LLM vocabulary; the LLM's next-token distribution at t−1 predicts it, and
     ``loss_vm = weight · 1/M Σ_t KL(q_t ‖ p_{t−1})`` is added to the text loss (module docstring for
     the slot rule and where this departs from the reference code).
 
-    Configure with ``visual_words=dict(type=VisualWords, weight=1.0, ...)`` in ``LLaVAModel``;
+    Configure with ``plugins=dict(visual_words=dict(type=VisualWords, weight=1.0, ...))`` in the model;
     ``hidden_size`` and ``vocab_size`` are filled in from the LLM. ``vm_head`` is trainable and so
     saved in checkpoints (``model.visual_words.vm_head.weight``). Works under DDP, DeepSpeed ZeRO-2
     and ZeRO-3: everything that reads ``vm_head`` (and E) runs in :meth:`forward` (module docstring,
@@ -390,17 +392,29 @@ class VisualWords(nn.Module):
         return (f'weight={self.weight}, detach_target={self.detach_target}, pif={self.pif}, '
                 f'vm_head_init={self.vm_head_init!r}')
 
+    @classmethod
+    def build_kwargs(cls, model: MultimodalModel) -> dict[str, Any]:
+        """D and V from the base's LLM (``hidden_size``, ``vocab_size``)."""
+        return dict(hidden_size=model.hidden_size, vocab_size=model.vocab_size)
+
+    @property
+    def exportable(self) -> bool:  # type: ignore[override]
+        """``vm_head`` is training-only and left out of an export; a pif model cannot run without it."""
+        return not self.pif
+
     def attach(self, llm: nn.Module) -> None:
         """Initialise ``vm_head`` from the LLM when ``vm_head_init`` asks for a copy (else a no-op).
 
-        ``LLaVAModel`` calls it once after building the plug-in (before ``pretrained_pth`` is loaded,
-        so a trained ``vm_head`` in a checkpoint wins).
+        The base calls it once after building the plug-in (before ``pretrained_pth`` is loaded,
+        so a trained ``vm_head`` in a checkpoint wins). ``llm``: the base or an HF causal LM.
 
         Raises:
             ValueError: the LLM matrix does not have ``vm_head``'s shape.
         """
         if self.vm_head_init == 'normal':
             return
+        if isinstance(llm, MultimodalModel):
+            llm = llm.language_model
         source = llm.get_output_embeddings() if self.vm_head_init == 'lm_head' else llm.get_input_embeddings()
         src = source.weight
         if tuple(src.shape) != tuple(self.vm_head.weight.shape):
@@ -415,7 +429,7 @@ class VisualWords(nn.Module):
 
         New rows are set to the mean of the old rows (HF's ``mean_resizing``, without its random
         perturbation), so a new token starts with an average logit. Call it through
-        ``LLaVAModel.resize_token_embeddings(n)`` (which resizes the LLM too), before the optimizer
+        ``model.resize_token_embeddings(n)`` (which resizes the LLM too), before the optimizer
         is built: the parameter is replaced.
         """
         if new_vocab_size < 1:
@@ -460,8 +474,33 @@ class VisualWords(nn.Module):
             return loss, kl.detach(), entropy.detach()
         raise ValueError(f"VisualWords.forward: unknown op {op!r}; use 'loss' or 'pif'.")
 
+    # ------------------------------------------------------------------ plug-in protocol
+    def transform_image_features(self, features: list[torch.Tensor], model: MultimodalModel) -> list[torch.Tensor]:
+        """With ``pif``: every image's rows replaced by F′ (:meth:`pseudo_image_features`); else unchanged."""
+        if not self.pif or not features:
+            return features
+        counts = [f.shape[0] for f in features]
+        packed = features[0] if len(features) == 1 else torch.cat(features, 0)  # (S, D)
+        embed_weight = next(model.input_embeddings.parameters())  # (V, D); ZeRO-3: not an attribute read
+        return list(self.pseudo_image_features(packed, embed_weight).split(counts, 0))
+
+    def logits_positions(self, inputs: Any, lm_positions: torch.Tensor) -> torch.Tensor | None:
+        """The loss reads the logits before every image slot: all positions."""
+        return None
+
+    def loss(self, model: MultimodalModel, inputs: Any, logits: torch.Tensor,
+             positions: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Plug-in protocol: :meth:`compute_loss` (``logits`` are always ``[B, L, V]`` here)."""
+        if positions is not None:
+            raise ValueError('VisualWords reads logits at every position; got logits at selected positions.')
+        return self.compute_loss(model, inputs, logits)
+
+    def resize_vocab(self, vocab_size: int) -> None:
+        """Plug-in protocol: :meth:`resize`."""
+        self.resize(vocab_size)
+
     def pseudo_image_features(self, features: torch.Tensor, embed_weight: torch.Tensor) -> torch.Tensor:
-        """``[N, P, D] -> [N, P, D]``: F′ = softmax(vm_head(F)) · E (keeps F for the next loss).
+        """``[N, P, D] -> [N, P, D]`` (or ``[S, D]``): F′ = softmax(vm_head(F)) · E (keeps F for the next loss).
 
         ``embed_weight`` is the LLM's input embedding parameter (``[V, D]``); under ZeRO-3 it is gathered
         for this module's forward and backward.
@@ -474,7 +513,7 @@ class VisualWords(nn.Module):
         """``{'loss_vm': weight · L_vm, 'visual_words/kl': L_vm, 'visual_words/target_entropy': H(q)}``.
 
         Args:
-            model: the ``LLaVAModel`` (unused; part of the plug-in protocol).
+            model: the base (unused).
             inputs: the spliced ``MultimodalInputs`` (``inputs_embeds``, ``image_mask``, ``attention_mask``).
             logits: ``[B, L, V]`` the LLM's logits for ``inputs``.
 
@@ -488,7 +527,7 @@ class VisualWords(nn.Module):
             if feats is None:
                 if num_slots:
                     raise ValueError('VisualWords(pif=True): no image features were kept for this batch; '
-                                     'compute the loss on inputs from LLaVAModel.prepare_inputs.')
+                                     "compute the loss on inputs from the model's prepare_inputs.")
                 slot_features = inputs.inputs_embeds[image_mask]
             else:
                 slot_features = feats.reshape(-1, feats.shape[-1])  # (N·P, D), batch order of images

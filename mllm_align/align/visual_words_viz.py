@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.image_processing import background_color, expand2square, process_images
+from ..models.base import MultimodalModel
 
 __all__ = ['VisualWordGrid', 'visual_word_grid', 'token_texts', 'grid_records', 'render_visual_words',
            'visualize_image']
@@ -46,7 +47,7 @@ class VisualWordGrid:
 
 
 @torch.no_grad()
-def visual_word_grid(model: Any, pixel_values: torch.Tensor, top_k: int = 5) -> VisualWordGrid:
+def visual_word_grid(model: MultimodalModel, pixel_values: torch.Tensor, top_k: int = 5) -> VisualWordGrid:
     """q = softmax(vm_head(F)) for one image, arranged on the vision tower's patch grid.
 
     Args:
@@ -58,10 +59,11 @@ def visual_word_grid(model: Any, pixel_values: torch.Tensor, top_k: int = 5) -> 
         ValueError: the model has no ``visual_words``, more than one image is given, or the patch
             tokens do not form a square grid.
     """
-    vw = getattr(model, 'visual_words', None)
+    from .visual_words import VisualWords
+    vw = next((p for p in model.plugins.values() if isinstance(p, VisualWords)), None)
     if vw is None:
-        raise ValueError('The model has no visual_words plug-in: build it from a config with '
-                         '`visual_words=dict(type=VisualWords, ...)` (projects/visual_words/configs/).')
+        raise ValueError('The model has no VisualWords plug-in: build it from a config with '
+                         '`plugins=dict(visual_words=dict(type=VisualWords, ...))` (projects/visual_words/configs/).')
     if pixel_values.dim() != 4 or pixel_values.shape[0] != 1:
         raise ValueError(f'visual_word_grid takes one image [1, 3, H, W], got {tuple(pixel_values.shape)}.')
     tower = model.visual_encoder
@@ -69,12 +71,8 @@ def visual_word_grid(model: Any, pixel_values: torch.Tensor, top_k: int = 5) -> 
     grid = math.isqrt(num_patches)
     if grid * grid != num_patches:
         raise ValueError(f'The vision tower has {num_patches} patch tokens per image, not a square grid.')
-    pif = vw.pif
-    vw.pif = False  # the visual words are defined on F, before any pseudo-feature replacement
-    try:
-        feats = model.get_image_features(pixel_values)[0]  # (P, D)
-    finally:
-        vw.pif = pif
+    # The visual words are defined on F, before any plug-in transform (pif's pseudo features).
+    feats = model.encode_images(pixel_values)[0]  # (P, D)
     feats = feats[feats.shape[0] - num_patches:]  # drop prefix tokens ('cls_patch'): (g·g, D)
     weight = vw.vm_head.weight
     log_q = torch.log_softmax(feats.to(weight.dtype) @ weight.T, dim=-1).float()  # (g·g, V)
@@ -164,7 +162,7 @@ def render_visual_words(image: Image.Image, words: list[list[str]], cell_px: int
     return Image.alpha_composite(base, overlay).convert('RGB')
 
 
-def visualize_image(model: Any, image: Image.Image, image_processor: Any, top_k: int = 5,
+def visualize_image(model: MultimodalModel, image: Image.Image, image_processor: Any, top_k: int = 5,
                     cell_px: int = 64, pad_to_square: bool = True) -> tuple[Image.Image, list[dict[str, Any]]]:
     """The PNG-ready drawing and the per-patch records of one image (what the tool writes).
 

@@ -1,4 +1,4 @@
-"""Batch LLaVA samples: right-pad the text, concatenate the images.
+"""Batch LLaVA samples: right-pad the text, concatenate the images (any sizes).
 
 Use in an mmengine dataloader config as ``collate_fn=dict(type=llava_collate_fn, pad_token_id=...)``
 (mmengine wraps the function with ``functools.partial(**kwargs)``).
@@ -30,13 +30,14 @@ def llava_collate_fn(instances: Sequence[Mapping[str, Any]], pad_token_id: int =
     Returns:
         ``{'data': {'input_ids': LongTensor [B, Lmax], 'labels': LongTensor [B, Lmax],
         'attention_mask': BoolTensor [B, Lmax], 'pixel_values': FloatTensor [sum N_i, 3, H, W]
-        or None}, 'data_samples': None}``; images in sample order. When the dataset skipped bad
+        (a list of [3, H_i, W_i] when sizes differ; Qwen2-VL patches beside ``image_grid_thw``) or None,
+        'sample_ids': the items' ids}, 'data_samples': None}``; images in sample order. When the dataset skipped bad
         samples to fill the batch (``on_bad_sample='skip'``), ``data['skipped']`` holds
         ``{cause: count}``; ``data['notices']`` likewise sums the items' notices (``truncated``).
 
     Raises:
-        ValueError: empty batch, mismatched ``input_ids``/``labels`` lengths, images of different
-            sizes, or an item longer than ``max_length``.
+        ValueError: empty batch, mismatched ``input_ids``/``labels`` lengths, image entries from
+            different processors, or an item longer than ``max_length``.
     """
     if len(instances) == 0:
         raise ValueError('llava_collate_fn got an empty batch.')
@@ -56,16 +57,8 @@ def llava_collate_fn(instances: Sequence[Mapping[str, Any]], pad_token_id: int =
         labels[b, :n] = torch.as_tensor(x['labels'], dtype=torch.long)
         attention_mask[b, :n] = True
 
-    images = [x['pixel_values'] for x in instances if x.get('pixel_values') is not None]
-    pixel_values = None
-    if images:
-        shapes = {tuple(im.shape[1:]) for im in images}
-        if len(shapes) > 1:
-            raise ValueError(f'Images in one batch must share (3, H, W); found {sorted(shapes)}. '
-                             'Use one image processor with a fixed crop size.')
-        pixel_values = torch.cat(images, dim=0)  # (sum N_i, 3, H, W)
-    data = {'input_ids': input_ids, 'labels': labels, 'attention_mask': attention_mask,
-            'pixel_values': pixel_values}
+    data = {'input_ids': input_ids, 'labels': labels, 'attention_mask': attention_mask}
+    data.update(_collate_images(instances))
     for key in ('skipped', 'notices'):  # per-cause counts of skipped bad samples / notices
         counts: dict[str, int] = {}
         for x in instances:
@@ -73,4 +66,34 @@ def llava_collate_fn(instances: Sequence[Mapping[str, Any]], pad_token_id: int =
                 counts[cause] = counts.get(cause, 0) + count
         if counts:
             data[key] = counts
+    ids = [x.get('id') for x in instances]
+    if any(i is not None for i in ids):
+        data['sample_ids'] = ids  # named in errors (e.g. an image/placeholder count mismatch)
     return {'data': data, 'data_samples': None}
+
+
+#: Per-image entries concatenated along dim 0 in sample order (``image_grid_thw``: Qwen2-VL's patch grids).
+IMAGE_KEYS = ('pixel_values', 'image_grid_thw')
+
+
+def _collate_images(instances: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``pixel_values`` (and ``image_grid_thw``) of the items, concatenated in sample order.
+
+    Images of one size stack into ``[N, 3, H, W]``; images of different sizes become a list of N
+    ``[3, H_i, W_i]`` tensors (the base encodes them one size at a time); Qwen2-VL patches
+    ``[patches_i, C·T·p·p]`` concatenate into ``[Σ patches, C·T·p·p]`` beside ``image_grid_thw [N, 3]``.
+    """
+    out: dict[str, Any] = {'pixel_values': None}
+    for key in IMAGE_KEYS:
+        parts = [x[key] for x in instances if x.get(key) is not None]
+        if not parts:
+            continue
+        if len({tuple(p.shape[1:]) for p in parts}) == 1:
+            out[key] = torch.cat(parts, dim=0)
+        elif key == 'pixel_values' and all(p.dim() == 4 for p in parts):
+            out[key] = [im for p in parts for im in p.unbind(0)]  # N tensors [3, H_i, W_i]
+        else:
+            shapes = sorted({tuple(p.shape[1:]) for p in parts})
+            raise ValueError(f'`{key}` of the samples in one batch have different trailing shapes {shapes}: '
+                             'they must come from one image processor.')
+    return out

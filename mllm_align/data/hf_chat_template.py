@@ -101,8 +101,8 @@ def chat_template_jinja(template: str | ChatTemplate, image_token: str = DEFAULT
     equals the training text (with the template's ``suffix``).
 
     Args:
-        template: a registered name (``plain``, ``vicuna_v1``, ``llama3``, ``qwen2``, ``phi3``,
-            ``mistral``) or a :class:`ChatTemplate`.
+        template: a registered name (``plain``, ``vicuna_v1``, ``llama3``, ``qwen2``, ``qwen2_vl``,
+            ``phi3``, ``mistral``) or a :class:`ChatTemplate`.
         image_token: the image placeholder text content items of type ``image`` become.
 
     Returns:
@@ -156,6 +156,9 @@ def chat_template_jinja(template: str | ChatTemplate, image_token: str = DEFAULT
     user = f"{{%- set text = mm_content(m['content']){trim} -%}}"
     if tpl.images_only_user:
         user += f'{{%- set text = {img} * text.count({img}) -%}}'
+    if tpl.image != '{image}':  # Qwen2-VL: <|vision_start|>{image}<|vision_end|> around every image
+        before, _, after = tpl.image.partition('{image}')
+        user += f'{{%- set text = text.replace({img}, {_lit(before)} ~ {img} ~ {_lit(after)}) -%}}'
     if tpl.system_into_first_user:
         user += "{%- set text = ns.block ~ text -%}{%- set ns.block = '' -%}"
     user += f"{{{{- {_expr(tpl.user, 'content', 'text')} -}}}}"

@@ -23,7 +23,8 @@ from PIL import Image
 
 from .image_loading import WHITE, to_rgb
 
-__all__ = ['expand2square', 'background_color', 'resolve_background', 'process_images']
+__all__ = ['expand2square', 'background_color', 'resolve_background', 'process_images', 'process_image_inputs',
+           'has_patch_grid']
 
 AlphaBackground = Literal['white', 'mean'] | tuple[int, int, int]
 
@@ -75,6 +76,51 @@ def resolve_background(spec: AlphaBackground, image_processor: Any) -> tuple[int
                      f'got {spec!r}.')
 
 
+def has_patch_grid(image_processor: Any) -> bool:
+    """Whether ``image_processor`` cuts images into variable patch grids (Qwen2-VL's: it returns
+    ``image_grid_thw`` beside flattened patches) rather than fixed-size ``[3, H, W]`` images."""
+    return image_processor is not None and 'image_grid_thw' in (getattr(image_processor, 'model_input_names', None)
+                                                                or ())
+
+
+def _prepare(images: Sequence[Image.Image], image_processor: Any, pad_to_square: bool,
+             alpha_background: AlphaBackground) -> list[Image.Image]:
+    if len(images) == 0:
+        raise ValueError('process_images needs at least one image.')
+    fill = background_color(image_processor)
+    alpha_fill = resolve_background(alpha_background, image_processor)
+    prepared = []
+    for image in images:
+        image = to_rgb(image, alpha_fill)
+        if pad_to_square:
+            image = expand2square(image, fill)
+        prepared.append(image)
+    return prepared
+
+
+def process_image_inputs(images: Sequence[Image.Image], image_processor: Any, pad_to_square: bool = True,
+                         alpha_background: AlphaBackground = 'white') -> dict[str, torch.Tensor]:
+    """PIL images → the model's image entries, for fixed-size and patch-grid processors alike.
+
+    Fixed-size processors (CLIP, SigLIP, …): ``{'pixel_values': [N, 3, H, W]}`` as :func:`process_images`.
+    Patch-grid processors (:func:`has_patch_grid`, e.g. ``Qwen2VLImageProcessor``): each image is resized
+    (aspect kept, within the processor's ``min_pixels``/``max_pixels``, sides a multiple of
+    ``patch_size · merge_size``) and cut into p×p patches of T frames: ``{'pixel_values': [S, C·T·p·p],
+    'image_grid_thw': [N, 3]}`` with S = Σ t·h·w (patches of image i are rows
+    ``Σ_{j<i} t_j·h_j·w_j`` onward).
+
+    Args and Raises: as :func:`process_images` (``pad_to_square`` is usually False for patch grids:
+    they take any aspect ratio).
+    """
+    if not has_patch_grid(image_processor):
+        return {'pixel_values': process_images(images, image_processor, pad_to_square, alpha_background)}
+    prepared = _prepare(images, image_processor, pad_to_square, alpha_background)
+    out = image_processor(images=prepared, return_tensors='np')
+    pixel_values = torch.as_tensor(np.ascontiguousarray(out['pixel_values']), dtype=torch.float32)  # (S, C·T·p·p)
+    grid = torch.as_tensor(np.asarray(out['image_grid_thw']), dtype=torch.long)  # (N, 3)
+    return {'pixel_values': pixel_values, 'image_grid_thw': grid}
+
+
 def process_images(images: Sequence[Image.Image], image_processor: Any,
                    pad_to_square: bool = True,
                    alpha_background: AlphaBackground = 'white') -> torch.Tensor:
@@ -92,18 +138,14 @@ def process_images(images: Sequence[Image.Image], image_processor: Any,
         alpha_background: see :func:`resolve_background`.
 
     Raises:
-        ValueError: if ``images`` is empty, or a bad ``alpha_background``.
+        ValueError: if ``images`` is empty, or a bad ``alpha_background``; a patch-grid processor
+            (Qwen2-VL's: use :func:`process_image_inputs`, which keeps ``image_grid_thw``).
     """
-    if len(images) == 0:
-        raise ValueError('process_images needs at least one image.')
-    fill = background_color(image_processor)
-    alpha_fill = resolve_background(alpha_background, image_processor)
-    prepared = []
-    for image in images:
-        image = to_rgb(image, alpha_fill)
-        if pad_to_square:
-            image = expand2square(image, fill)
-        prepared.append(image)
+    if has_patch_grid(image_processor):
+        raise ValueError(f'{type(image_processor).__name__} returns patches with an image_grid_thw, not [N, 3, H, W] '
+                         'images: use mllm_align.data.image_processing.process_image_inputs (or the model\'s '
+                         'process_images), which returns both.')
+    prepared = _prepare(images, image_processor, pad_to_square, alpha_background)
     out = image_processor(prepared, return_tensors='np')
     pixel_values = out['pixel_values'] if isinstance(out, dict) or hasattr(out, 'keys') else out
     if isinstance(pixel_values, list):

@@ -14,7 +14,12 @@ plus ``num_image_tokens`` per image.
 
 Each item is ``{'input_ids': LongTensor [L], 'labels': LongTensor [L], 'pixel_values':
 FloatTensor [N_img, 3, H, W] or None, 'id': str}``; each image is ONE ``IMAGE_TOKEN_INDEX`` in
-``input_ids`` that the model replaces by ``num_image_tokens`` features.
+``input_ids`` that the model replaces by ``num_image_tokens`` features. With a patch-grid image
+processor (Qwen2-VL's ``Qwen2VLImageProcessor``,
+:func:`~mllm_align.data.image_processing.has_patch_grid`) ``pixel_values`` is ``[S_i, C·T·p·p]`` (the
+sample's patches) and the item also holds ``image_grid_thw [N_img, 3]``; image k then becomes
+``t·h·w / merge²`` tokens, its own count, which the length rule uses instead of ``num_image_tokens``
+(the images are read before truncation to know it).
 
 Length rule: effective length = text tokens + ``num_image_tokens`` per image. A longer sample is
 truncated from the end, never through an image; a sample whose images (with the text before them)
@@ -64,7 +69,7 @@ from torch.utils.data import Dataset
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .image_loading import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, UnreadableImageError, load_image
-from .image_processing import process_images, resolve_background
+from .image_processing import has_patch_grid, process_image_inputs, resolve_background
 from .json_index import JsonRecords, MalformedRecordError
 from .templates import ConversationError, encode_conversation, get_template, normalize_conversation
 
@@ -166,8 +171,9 @@ class LLaVADataset(Dataset):
         data_path: one file or a list of files (JSON arrays or JSONL; concatenated in order).
         image_folder: directory the ``image`` paths are relative to (None: paths as written).
         tokenizer: a HF tokenizer, or ``dict(type=AutoTokenizer.from_pretrained, ...)``.
-        template: chat template name (``plain``, ``vicuna_v1``, ``llama3``, ``qwen2``, ``phi3``).
-        image_processor: a HF image processor or its config dict.
+        template: chat template name (``plain``, ``vicuna_v1``, ``llama3``, ``qwen2``, ``qwen2_vl``, ``phi3``).
+        image_processor: a HF image processor or its config dict (a Qwen2-VL one gives patches +
+            ``image_grid_thw``; set ``pad_image_to_square=False`` with it).
         max_length: maximum effective length (text tokens + image tokens).
         num_image_tokens: features each image becomes in the model (576 for CLIP-L/14-336).
         pad_image_to_square: LLaVA-1.5's pad-to-square before the processor.
@@ -429,30 +435,42 @@ class LLaVADataset(Dataset):
         except ConversationError as err:
             raise bad(err.cause, str(err)) from None
         num_ids = len(input_ids)
-        input_ids, labels = self._truncate(input_ids, labels, bad)
-
-        pixel_values = None
-        if images:
-            pil_images = [self._read_image(p, bad) for p in images]
-            pixel_values = process_images(pil_images, self.image_processor, self.pad_image_to_square,
-                                          alpha_background=self.alpha_background)
+        image_inputs: dict[str, Any] = {'pixel_values': None}
+        tokens_per_image = None
+        if images and has_patch_grid(self.image_processor):  # token counts depend on each image's size
+            image_inputs = self._process_images(images, bad)
+            merge = int(getattr(self.image_processor, 'merge_size', 1))
+            tokens_per_image = (image_inputs['image_grid_thw'].prod(-1) // merge ** 2).tolist()
+        input_ids, labels = self._truncate(input_ids, labels, bad, tokens_per_image)
+        if images and tokens_per_image is None:
+            image_inputs = self._process_images(images, bad)
         item = {'input_ids': torch.tensor(input_ids, dtype=torch.long),
                 'labels': torch.tensor(labels, dtype=torch.long),
-                'pixel_values': pixel_values,
+                **image_inputs,
                 'id': sample_id}
         if len(input_ids) < num_ids:
             self.notice_counts['truncated'] += 1
             item['notices'] = {'truncated': 1}  # summed per batch by llava_collate_fn
         return item
 
+    def _process_images(self, images: list[str], bad) -> dict[str, Any]:
+        """Read and process the sample's images: ``{'pixel_values': …}`` (+ ``image_grid_thw`` for patch grids)."""
+        pil_images = [self._read_image(p, bad) for p in images]
+        return process_image_inputs(pil_images, self.image_processor, self.pad_image_to_square,
+                                    alpha_background=self.alpha_background)
+
     def _hint(self) -> str:
         """How to skip such samples: said in raise mode only (skip mode says what it skipped)."""
         return f' {_SKIP_HINT}' if self.on_bad_sample == 'raise' else ''
 
-    def _truncate(self, input_ids: list[int], labels: list[int], bad) -> tuple[list[int], list[int]]:
-        """Apply the length rule (see the module docstring)."""
+    def _truncate(self, input_ids: list[int], labels: list[int], bad,
+                  tokens_per_image: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """Apply the length rule (see the module docstring); image k takes ``tokens_per_image[k]`` tokens
+        (default ``num_image_tokens`` each)."""
         image_pos = [i for i, t in enumerate(input_ids) if t == IMAGE_TOKEN_INDEX]
-        extra = (self.num_image_tokens - 1) * len(image_pos)  # each placeholder expands
+        if tokens_per_image is None:
+            tokens_per_image = [self.num_image_tokens] * len(image_pos)
+        extra = sum(n - 1 for n in tokens_per_image)  # each placeholder expands
         if len(input_ids) + extra > self.max_length:
             keep = self.max_length - extra  # ids kept, all images among them
             if image_pos and keep <= image_pos[-1]:
@@ -463,7 +481,7 @@ class LLaVADataset(Dataset):
                 first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
                 if first is None:
                     raise bad('no_supervised_tokens', 'no gpt turn with text to learn from')
-                first += (self.num_image_tokens - 1) * sum(1 for p in image_pos if p < first)
+                first += sum(n - 1 for p, n in zip(image_pos, tokens_per_image) if p < first)
                 raise bad('reply_truncated_away',
                           f'after truncation to max_length={self.max_length} no supervised (gpt) '
                           f'token is left: the first reply starts at token {first} '

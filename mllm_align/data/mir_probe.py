@@ -60,7 +60,7 @@ from PIL import Image
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .image_loading import load_image
-from .image_processing import process_images
+from .image_processing import has_patch_grid, process_image_inputs, process_images
 from .templates import build_generation_prompt, encode_conversation, get_template
 
 __all__ = [
@@ -276,9 +276,10 @@ class EncodedPair:
         text_mask: ``[T]`` bool, True at the text's own tokens (``placement='reply'``: the supervised
             reply tokens that are not special tokens, i.e. without the end-of-turn marker); None for
             ``placement='user'``.
-        pixel_values: ``[1, 3, H, W]`` float32.
+        pixel_values: ``[1, 3, H, W]`` float32, or Qwen2-VL-style patches ``[S, C·T·p·p]``.
         num_text_tokens: tokens of the (possibly truncated) text on its own.
         truncated: whether the text was cut to ``text_max_tokens``.
+        image_grid_thw: ``[1, 3]`` the patch grid for patch-grid processors (Qwen2-VL), else None.
     """
 
     input_ids: list[int]
@@ -286,6 +287,7 @@ class EncodedPair:
     pixel_values: torch.Tensor
     num_text_tokens: int
     truncated: bool
+    image_grid_thw: torch.Tensor | None = None
 
 
 def truncate_text(text: str, tokenizer: Any, max_tokens: int | None) -> tuple[str, int, bool]:
@@ -392,7 +394,12 @@ class MIRProbe:
         if num_images != 1:
             raise ValueError(f'Pair {index} ({pair.image_id} + {pair.text_id}): the prompt has {num_images} image '
                              f'placeholders, expected 1 (template {tpl.name!r}).')
-        pixels = process_images([load_image(pair.image_path)], self.image_processor, self.pad_to_square)  # (1, 3, H, W)
+        image = load_image(pair.image_path)
+        if has_patch_grid(self.image_processor):  # Qwen2-VL: patches + grid, any aspect ratio
+            entries = process_image_inputs([image], self.image_processor, self.pad_to_square)
+            return EncodedPair(ids, text_mask, entries['pixel_values'], num_tokens, truncated,
+                               entries['image_grid_thw'])
+        pixels = process_images([image], self.image_processor, self.pad_to_square)  # (1, 3, H, W)
         return EncodedPair(ids, text_mask, pixels, num_tokens, truncated)
 
 

@@ -55,6 +55,12 @@ Reference formats (rendered text, checked in ``tests/data/test_templates.py``):
   first header, messages trimmed). Llama-3.1's template adds a dated default system block and is
   not what this template produces.
 * ``qwen2``: Qwen2-Instruct ChatML, with the default system ``You are a helpful assistant.``.
+* ``qwen2_vl``: Qwen2-VL-Instruct: ``qwen2``'s ChatML, each ``<image>`` of a user turn written
+  ``<|vision_start|><image><|vision_end|>`` (:attr:`ChatTemplate.image`), as Qwen2-VL's own template
+  writes an image content item (with ``<|image_pad|>`` for the placeholder, which its processor repeats
+  once per merged patch). A LLaVA turn ``'<image>\\nq'`` therefore renders what the real template
+  renders for the content items ``[image, text '\\nq']``; ids are equal once the placeholder is replaced
+  by ``<|image_pad|>`` (``tests/data/test_templates.py``).
 * ``phi3``: Phi-3-mini-instruct (``<|user|>\\n…<|end|>\\n``), ending a training conversation with
   the tokenizer's EOS as the official template does.
 * ``mistral``: Mistral-7B-Instruct v0.1/v0.2 and VW-LMM's ``mistral`` conversation:
@@ -126,6 +132,9 @@ class ChatTemplate:
             block of its own, the filled ``system`` piece is put in front of the FIRST user
             turn's text, inside ``user``'s ``{content}`` (``system='{system}\\n\\n'`` gives
             mistral-common's ``system + "\\n\\n" + content``). Without a user turn it is dropped.
+        image: how each ``<image>`` of a user turn is written, ``{image}`` standing for the
+            placeholder itself (Qwen2-VL: ``'<|vision_start|>{image}<|vision_end|>'``); the
+            default writes it unchanged.
     """
 
     name: str
@@ -141,6 +150,7 @@ class ChatTemplate:
     strip_content: bool = False
     images_only_user: bool = False
     system_into_first_user: bool = False
+    image: str = '{image}'
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         """Ids that end generation: each stop word that is a single token, plus the EOS id."""
@@ -186,6 +196,11 @@ register_template(ChatTemplate(
     name='qwen2', system='<|im_start|>system\n{system}<|im_end|>\n', default_system=QWEN2_SYSTEM,
     user='<|im_start|>user\n{content}<|im_end|>\n', assistant='<|im_start|>assistant\n',
     reply='{content}<|im_end|>', turn_sep='\n', stop_words=('<|im_end|>', '<|endoftext|>')))
+register_template(ChatTemplate(
+    name='qwen2_vl', system='<|im_start|>system\n{system}<|im_end|>\n', default_system=QWEN2_SYSTEM,
+    user='<|im_start|>user\n{content}<|im_end|>\n', assistant='<|im_start|>assistant\n',
+    reply='{content}<|im_end|>', turn_sep='\n', stop_words=('<|im_end|>', '<|endoftext|>'),
+    image='<|vision_start|>{image}<|vision_end|>'))
 register_template(ChatTemplate(
     name='phi3', system='<|system|>\n{system}<|end|>\n', user='<|user|>\n{content}<|end|>\n',
     assistant='<|assistant|>\n', reply='{content}<|end|>', turn_sep='\n', suffix='{eos}',
@@ -284,6 +299,8 @@ def _pieces(turns: list[tuple[str, str]], tokenizer: Any, tpl: ChatTemplate, sys
         if role == 'user':
             if tpl.images_only_user:
                 text = DEFAULT_IMAGE_TOKEN * text.count(DEFAULT_IMAGE_TOKEN)
+            if tpl.image != '{image}':
+                text = text.replace(DEFAULT_IMAGE_TOKEN, tpl.image.replace('{image}', DEFAULT_IMAGE_TOKEN))
             if tpl.system_into_first_user:
                 text, system_block = system_block + text, ''
             pieces.append((_fill(tpl.user, 'content', text, tokenizer), False))

@@ -15,8 +15,8 @@ deepspeed). What it changes:
 * **Safe loading.** DeepSpeed's ``engine.load_checkpoint`` (what ``--resume`` and ``load_from`` call)
   reads every shard with ``torch.load(..., weights_only=False)``. :meth:`AtomicDeepSpeedStrategy.resume`
   and :meth:`~AtomicDeepSpeedStrategy.load_checkpoint` first check every shard's pickle globals, then
-  run DeepSpeed's load under :func:`~mllm_align.engine.checkpoint.weights_only_torch_load` with
-  :data:`~mllm_align.engine.checkpoint.DEEPSPEED_SAFE_GLOBALS`: a shard that needs anything else is
+  run DeepSpeed's load under :func:`~mllm_align.checkpoint_io.weights_only_torch_load` with
+  :data:`~mllm_align.checkpoint_io.DEEPSPEED_SAFE_GLOBALS`: a shard that needs anything else is
   refused, naming the file and ``--trust-checkpoint``.
 * DeepSpeed 0.19 calls collectives that torch 2.13 deprecates; their FutureWarnings (several per
   step) are filtered.
@@ -35,8 +35,8 @@ from mmengine._strategy import deepspeed as _mm_ds
 from mmengine.dist import barrier, is_main_process
 from mmengine.registry import OPTIMIZERS, STRATEGIES
 
-from ..testing.fault_injection import checkpoint_write_fault
-from .checkpoint import check_checkpoint_safe, deepspeed_safe_globals, weights_only_torch_load
+from ..checkpoint_io import check_checkpoint_safe, deepspeed_safe_globals, weights_only_torch_load
+from .checkpoint import run_checkpoint_write_hooks
 from .distributed import check_launcher_alive
 
 PARTIAL_SUFFIX = '.partial'
@@ -98,7 +98,7 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
             shutil.rmtree(partial)
         barrier()
         super().save_checkpoint(partial, save_optimizer=save_optimizer, **kwargs)
-        checkpoint_write_fault(filename)  # test hook (pause / ENOSPC); a no-op in normal use
+        run_checkpoint_write_hooks(filename)  # none registered in normal use (engine/checkpoint.py)
         barrier()  # every rank's shards are on disk
         if is_main_process():
             check_launcher_alive(filename)  # nothing is committed once the launcher died

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import os.path as osp
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.distributed as dist
@@ -107,7 +107,7 @@ def _cpu_distributed_setup(cfg: Config) -> None:
 
 def prepare_config(config: str | Config, work_dir: str | None = None, resume: str | bool | None = None,
                    cfg_options: dict | None = None, deepspeed: DeepSpeedChoice | None = None,
-                   launcher: str = 'none') -> Config:
+                   launcher: str = 'none', extra_hooks: Sequence[dict] = ()) -> Config:
     """Load and complete a training config: work dir, resume, launcher, DeepSpeed.
 
     Args:
@@ -122,6 +122,8 @@ def prepare_config(config: str | Config, work_dir: str | None = None, resume: st
             (:func:`~mllm_align.engine.config_overrides.load_config`).
         deepspeed: ZeRO stage for a FlexibleRunner run.
         launcher: ``'none'``, ``'pytorch'`` (torchrun) or ``'slurm'``.
+        extra_hooks: hook configs appended to ``custom_hooks`` (after ``cfg_options``). ``tools/train.py``
+            passes the fault-injection hooks of the test suite here; the engine itself knows none of them.
     """
     cfg = load_config(config, cfg_options)  # PART 1 keys re-evaluate the config (config_overrides)
     check_config_keys(cfg)
@@ -141,10 +143,8 @@ def prepare_config(config: str | Config, work_dir: str | None = None, resume: st
         _cpu_distributed_setup(cfg)
     if deepspeed is not None:
         _to_deepspeed(cfg, deepspeed)
-    from ..testing.fault_injection import crash_hook_from_env
-    crash = crash_hook_from_env()
-    if crash is not None:
-        cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [crash]
+    if extra_hooks:  # after --cfg-options, so that `custom_hooks=[]` there does not drop them
+        cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(hook) for hook in extra_hooks]
     return cfg
 
 

@@ -26,7 +26,7 @@ is a ``torch.save`` zip archive, and a torn one (cut short by a full disk, a kil
 its model-state and every rank's optimizer-state shards, each checked the same way. A torn newest
 checkpoint is reported by name with a warning and the one before it is used; when none is usable
 the run stops with the list of what was found and why each is unusable. The chosen checkpoint is
-also checked for unsafe pickle content (:func:`~mllm_align.engine.checkpoint.check_checkpoint_safe`).
+also checked for unsafe pickle content (:func:`~mllm_align.checkpoint_io.check_checkpoint_safe`).
 """
 from __future__ import annotations
 
@@ -42,7 +42,12 @@ from typing import Any, Literal, Union
 
 from mmengine.logging import print_log
 
-from .checkpoint import DEEPSPEED_MODEL_STATES, DEEPSPEED_OPTIM_STATES, check_checkpoint_safe, is_deepspeed_checkpoint
+from ..checkpoint_io import (
+    DEEPSPEED_MODEL_STATES,
+    DEEPSPEED_OPTIM_STATES,
+    check_checkpoint_safe,
+    is_deepspeed_checkpoint,
+)
 
 ITER_CHECKPOINT_RE = re.compile(r'^iter_(\d+)\.pth$')
 ResumeMode = Union[bool, Literal['auto', 'latest'], str, None]

@@ -86,7 +86,7 @@ def load_llm(path: str, dtype: DTypeName | torch.dtype = 'float32',
         trust_remote_code: allow the directory's own modelling code; only when the config says so.
         gguf_file: load GGUF weights inside ``path`` (needs the ``gguf`` package).
     """
-    from ..engine.checkpoint import hf_weights_kwargs
+    from ..checkpoint_io import hf_weights_kwargs
 
     p = check_model_dir(path, 'LLM', 'llm_name_or_path')
     model = AutoModelForCausalLM.from_pretrained(

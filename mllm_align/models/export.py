@@ -16,9 +16,11 @@ What maps how::
     'cls_patch' (keep every token)       ──► vision_feature_select_strategy = 'full'
     IMAGE_TOKEN_INDEX placeholder        ──► a real ``<image>`` token (added to the tokenizer if absent),
                                              repeated ``image_seq_length`` times per image
-    moca (MoCa u, v; optional)           ──► moca.safetensors + moca_config.json beside the weights;
-                                             ``mllm_align.align.moca.attach_moca_to_hf(model, dir)``
-                                             re-attaches it after ``from_pretrained``
+    model.plugins (in order)             ──► each plug-in's ``export_files(model, dir)`` beside the weights
+                                             (MoCa: moca.safetensors + moca_config.json), recorded in
+                                             mllm_align_export.json ``plugins``; ``load_hf_dir(dir)``
+                                             re-attaches them (``cls.from_export``); a plug-in with
+                                             ``exportable = False`` refuses the export
 
 Only the ``mlp2x_gelu`` projector has a counterpart in HF's ``LlavaMultiModalProjector``
 (Linear → act → Linear); a 'patch' tower with more than one prefix token (DINOv2 with registers)
@@ -37,6 +39,9 @@ returns no ``token_type_ids``, and the image processor pads to a square with the
 training did (``LlavaImageProcessor(do_pad=True)`` when ``pad_image_to_square``).
 ``generation_config`` stops at the template's stop tokens. After saving, the processor is loaded
 back and checked against mllm_align's prompt ids and ``pixel_values``.
+
+This module takes built objects and plain settings only; reading them from a training config is
+``mllm_align/engine/build.py``'s job (``tools/convert_to_hf.py`` calls both).
 """
 from __future__ import annotations
 
@@ -44,10 +49,8 @@ import copy
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from mmengine.logging import print_log
@@ -57,6 +60,13 @@ from ..constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from ..data.hf_chat_template import chat_template_jinja
 from ..data.templates import get_template
 from .builders import resolve_dtype, resolve_pad_token_id
+from .export_dir import (
+    EXPORT_INFO_NAME,
+    check_plugins_exportable,
+    export_plugins,
+    prepare_out_dir,
+    staged_export_dir,
+)
 from .hf_processor import (
     build_llava_processor,
     check_processor_contract,
@@ -64,91 +74,13 @@ from .hf_processor import (
     harness_tokenizer,
     llava_image_processor,
 )
-from .llava import LLaVAModel, build_module
 
-EXPORT_INFO_NAME = 'mllm_align_export.json'
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .llava import LLaVAModel
+
+__all__ = ['EXPORT_INFO_NAME', 'compare_logits', 'expand_image_placeholders', 'export_llava_to_hf',
+           'vision_feature_select_strategy']
 _GELU_ACTS = {'none': 'gelu', 'tanh': 'gelu_pytorch_tanh'}
-
-
-# ---------------------------------------------------------------------------------------- building
-def build_model_from_config(config: str | os.PathLike | Any, checkpoint: str | os.PathLike | None = None,
-                            strict: bool = True) -> LLaVAModel:
-    """Build ``cfg.model`` of an mmengine config and load a trained checkpoint into it.
-
-    Args:
-        config: a config file path or a loaded ``mmengine.config.Config``.
-        checkpoint: an ``iter_N.pth`` of this config's run (trainable weights only), or None for
-            the model as the config builds it.
-        strict: fail if the checkpoint lacks a parameter the model trains (the export would carry
-            a random projector or adapter) or holds keys the model does not have (e.g. a LoRA
-            checkpoint exported with a config that sets no ``llm_lora``).
-
-    Returns:
-        The model, in eval mode.
-    """
-    from mmengine.config import Config
-    from mmengine.registry import MODELS
-
-    from ..engine.checkpoint import load_trained_weights
-
-    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
-    if 'model' not in cfg:
-        raise KeyError(f'Config {cfg.filename} has no `model`: PART 2 must define model=dict(...).')
-    model = MODELS.build(cfg.model)
-    if not isinstance(model, LLaVAModel):
-        raise TypeError(f'Config {cfg.filename} builds a {type(model).__name__}; HF export supports '
-                        'mllm_align.models.LLaVAModel only.')
-    if checkpoint is not None:
-        load_trained_weights(model, checkpoint, strict=strict)
-    return model.eval()
-
-
-def image_processor_from_config(config: str | os.PathLike | Any) -> Any:
-    """The image processor a config uses, or None.
-
-    Looked up in order: a top-level ``image_processor`` (xtuner's PART 2 layout), the train
-    dataset's ``image_processor``, then the visual encoder directory when it holds a
-    ``preprocessor_config.json``.
-    """
-    from mmengine.config import Config
-
-    from .builders import load_image_processor
-
-    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
-    candidates = [cfg.get('image_processor'),
-                  ((cfg.get('train_dataloader') or {}).get('dataset') or {}).get('image_processor')]
-    for cand in candidates:
-        if cand is not None:
-            return build_module(cand)
-    vision_path = (cfg.model.get('visual_encoder') or {}).get('path')
-    if vision_path and (Path(vision_path) / 'preprocessor_config.json').is_file():
-        return load_image_processor(str(vision_path))
-    return None
-
-
-def export_settings_from_config(config: str | os.PathLike | Any) -> dict[str, Any]:
-    """What the export needs to reproduce training inputs, read from the training config.
-
-    Returns ``dict(template=…, pad_image_to_square=…)``: the template is ``model.template``, else
-    the train dataset's ``template`` (None if neither is set); ``pad_image_to_square`` is the train
-    dataset's (default True, :class:`~mllm_align.data.LLaVADataset`'s default).
-
-    Raises:
-        ValueError: ``model.template`` and the train dataset's ``template`` differ (the model
-            was trained on the dataset's; fix the config that trained it).
-    """
-    from mmengine.config import Config
-
-    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
-    dataset = (cfg.get('train_dataloader') or {}).get('dataset') or {}
-    model_template = cfg.model.get('template')
-    data_template = dataset.get('template')
-    if model_template is not None and data_template is not None and model_template != data_template:
-        raise ValueError(f'Config {cfg.filename}: model.template={model_template!r} but '
-                         f'train_dataloader.dataset.template={data_template!r}; the model was trained on the '
-                         "dataset's template. Make them agree (set the PART 1 `template`) before exporting.")
-    return dict(template=model_template if model_template is not None else data_template,
-                pad_image_to_square=bool(dataset.get('pad_image_to_square', True)))
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -163,30 +95,22 @@ def _unwrap_lora(module: nn.Module) -> tuple[nn.Module, bool]:
     return module, False
 
 
-def _check_no_extra_parts(model: LLaVAModel) -> None:
-    known = {'llm', 'visual_encoder', 'projector', 'data_preprocessor'}
-    # --- MoCa: exported beside the HF weights (see _save_moca) -------------------------------------
-    from ..align.moca import MoCa
-    if isinstance(getattr(model, 'moca', None), MoCa):
-        known.add('moca')
-    # --- end MoCa ------------------------------------------------------------------------------------
-    # Visual words: vm_head only supervises training (the LLM never reads it), so it is left out;
-    # with pif it shapes every image feature and the HF model cannot compute that.
-    vw = getattr(model, 'visual_words', None)
-    if vw is not None:
-        if getattr(vw, 'pif', False):
-            raise ValueError('visual_words.pif=True replaces the image features by softmax(vm_head(F)) · E, which '
-                             'LlavaForConditionalGeneration cannot compute: evaluate this model with mllm_align '
-                             '(e.g. tools/eval_mir.py with --config) instead of exporting it.')
-        known.add('visual_words')
-        print_log('Export: visual_words.vm_head is a training-only head (it does not change the outputs) and is '
-                  'not exported.', logger='current')
+def _check_parts(model: 'LLaVAModel') -> None:
+    """Every part with parameters has a place in the export: LLM, tower, projector, or an exportable plug-in.
+
+    Raises:
+        ValueError: a plug-in with ``exportable = False`` (naming it), or a part with parameters that
+            LlavaForConditionalGeneration has no place for.
+    """
+    check_plugins_exportable(model, 'LlavaForConditionalGeneration')
+    known = {id(m) for m in (model.language_model, model.visual_encoder, model.projector, model.data_preprocessor)}
+    known |= {id(p) for p in model.plugins.values()}
     extra = [name for name, child in model.named_children()
-             if name not in known and any(True for _ in child.parameters())]
+             if id(child) not in known and any(True for _ in child.parameters())]
     if extra:
-        raise ValueError(f'LLaVAModel has parameters in {extra} that LlavaForConditionalGeneration has no '
-                         'place for; exporting would silently drop them. Export a model without these '
-                         'plug-ins, or keep evaluating it with mllm_align.')
+        raise ValueError(f'{type(model).__name__} has parameters in {extra} that LlavaForConditionalGeneration has '
+                         'no place for; exporting would silently drop them. Export a model without these parts, '
+                         'or keep evaluating it with mllm_align.')
 
 
 def _projector_state(projector: nn.Module) -> tuple[dict[str, torch.Tensor], str, bool]:
@@ -268,20 +192,7 @@ def _check_image_processor(image_processor: Any, image_size: int) -> None:
                          'processor.')
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f'Output path {str(out_dir)!r} exists and is not a directory.')
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f'Output directory {str(out_dir)!r} is not empty: choose a new directory or '
-                                  'pass overwrite=True (--overwrite) to replace a previous export.')
-        if not (out_dir / EXPORT_INFO_NAME).is_file():
-            raise FileExistsError(f'Refusing to overwrite {str(out_dir)!r}: it is not empty and holds no '
-                                  f'{EXPORT_INFO_NAME}, so it is not a previous export. Remove it yourself or '
-                                  'choose another directory.')
-
-
-def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_processor: Any = None,
+def export_llava_to_hf(model: 'LLaVAModel', out_dir: str | os.PathLike, image_processor: Any = None,
                        tokenizer: Any = None, overwrite: bool = False, dtype: str | torch.dtype | None = None,
                        image_token: str = DEFAULT_IMAGE_TOKEN, source_config: str | None = None,
                        source_checkpoint: str | None = None, max_shard_size: str = '5GB',
@@ -323,7 +234,7 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
     Raises:
         ValueError: a projector other than ``mlp2x_gelu``; a tower/feature selection HF cannot
             express; an LLM or tower that ``AutoModel.from_config`` does not rebuild; parameters
-            outside llm/visual_encoder/projector (and MoCa, written to ``moca.safetensors``); an
+            outside llm/visual_encoder/projector and the plug-ins; a plug-in with ``exportable = False``; an
             image processor sized for another resolution, or one whose pipeline a
             ``LlavaImageProcessor`` cannot reproduce; a saved processor that does not reproduce
             mllm_align's prompt text, BOS handling, image token count or ``pixel_values``.
@@ -333,8 +244,8 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
-    _check_no_extra_parts(model)
+    prepare_out_dir(out_dir, overwrite)
+    _check_parts(model)
     tower = model.visual_encoder
     strategy = vision_feature_select_strategy(tower.select_feature, tower.num_prefix_tokens,
                                               type(tower.model).__name__)
@@ -346,14 +257,14 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
     elif tokenizer is not None:
         print_log('Export without a chat template (neither `template` nor model.template is set): the tokenizer '
                   "keeps its own chat_template, so harness prompts may differ from training. Pass template= "
-                  "(tools/convert_to_hf.py reads it from the config's model.template).",
+                  "(tools/convert_to_hf.py reads it from the config's model.template via engine/build.py).",
                   logger='current', level=logging.WARNING)
     training_image_processor = image_processor
     if image_processor is not None:
         _check_image_processor(image_processor, tower.config.image_size)
         image_processor = llava_image_processor(image_processor, pad_image_to_square, tower.config.image_size)
 
-    llm, llm_merged = _unwrap_lora(model.llm)
+    llm, llm_merged = _unwrap_lora(model.language_model)
     vision, vision_merged = _unwrap_lora(tower.model)
     decoder = llm.get_decoder()
     lm_head = llm.get_output_embeddings()
@@ -406,18 +317,15 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
             setattr(hf_model.generation_config, key, value)
     hf_model.eval()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.', suffix='.tmp'))
-    try:
+    with staged_export_dir(out_dir) as tmp_dir:
         hf_model.save_pretrained(tmp_dir, safe_serialization=True, max_shard_size=max_shard_size)
         chat_template = None if template is None else chat_template_jinja(template, image_token)
         saved = _save_processing(tmp_dir, tokenizer, image_processor, strategy, tower, image_token, chat_template)
         if 'processor' in saved:
             check_processor_contract(tmp_dir, tokenizer, template, training_image_processor, pad_image_to_square,
                                      tower.num_tokens, image_token_id, image_token)
-        moca_files = _save_moca(model, tmp_dir, image_token_id)  # MoCa: [] without it
-        if moca_files:
-            saved.append('moca')
+        plugins = export_plugins(model, tmp_dir)
+        saved += [entry['name'] for entry in plugins if entry['files']]
         info = dict(
             source_config=None if source_config is None else str(source_config),
             source_checkpoint=None if source_checkpoint is None else str(source_checkpoint),
@@ -433,47 +341,15 @@ def export_llava_to_hf(model: LLaVAModel, out_dir: str | os.PathLike, image_proc
             template=None if template is None else (template if isinstance(template, str) else template.name),
             pad_image_to_square=pad_image_to_square,
             generation_eos_token_id=getattr(hf_model.generation_config, 'eos_token_id', None),
-            moca=dict(files=moca_files, load='mllm_align.align.moca.attach_moca_to_hf(model, export_dir)')
-            if moca_files else None,
+            plugins=plugins,
             note=('The processor reproduces training inputs: chat template = the trained template (images '
                   'first, one <image> line each), no automatic BOS, image padding as in training.'),
             versions=_versions())
         (tmp_dir / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + '\n')
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     print_log(f'Exported LlavaForConditionalGeneration to {out_dir} ({info["dtype"]}, image token '
               f'{image_token!r}={image_token_id}, {tower.num_tokens} tokens per image, strategy {strategy!r}, '
               f'saved {", ".join(saved)})', logger='current')
     return out_dir
-
-
-# --- MoCa ----------------------------------------------------------------------------------------
-def _save_moca(model: LLaVAModel, out_dir: Path, image_token_id: int) -> list[str]:
-    """Write the model's MoCa (if any) beside the HF weights; returns the file names written.
-
-    LlavaForConditionalGeneration has no place for MoCa, so its u, v go to ``moca.safetensors`` +
-    ``moca_config.json``; ``mllm_align.align.moca.attach_moca_to_hf(hf_model, out_dir)`` re-attaches
-    them after ``from_pretrained`` (without it the export runs uncalibrated).
-    """
-    from ..align.moca import MoCa, save_moca_for_hf
-    moca = getattr(model, 'moca', None)
-    if not isinstance(moca, MoCa):
-        return []
-    print_log('The model has MoCa: saved to moca.safetensors beside the HF weights; load the export with '
-              'LlavaForConditionalGeneration.from_pretrained(d) then '
-              'mllm_align.align.moca.attach_moca_to_hf(model, d).', logger='current', level=logging.WARNING)
-    return save_moca_for_hf(moca, out_dir, image_token_id=image_token_id)
-
-
-def _attach_moca_if_exported(hf_model: nn.Module, hf_dir: str | os.PathLike) -> None:
-    from ..align.moca import MOCA_WEIGHTS_NAME, attach_moca_to_hf
-    if (Path(hf_dir) / MOCA_WEIGHTS_NAME).is_file():
-        attach_moca_to_hf(hf_model, hf_dir)
-# --- end MoCa ------------------------------------------------------------------------------------
 
 
 def _grow_vocab(hf_model: nn.Module, new_vocab: int) -> None:
@@ -527,7 +403,7 @@ def expand_image_placeholders(input_ids: torch.Tensor, image_token_id: int, imag
 
 
 @torch.no_grad()
-def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: torch.Tensor | None = None,
+def compare_logits(model: 'LLaVAModel', hf_dir: str | os.PathLike, pixel_values: torch.Tensor | None = None,
                    input_ids: torch.Tensor | None = None, prompt: str = 'Describe the image in one sentence.',
                    seed: int = 0, hf_model: Any = None) -> float:
     """Max |logit difference| between ``model`` and the export in ``hf_dir`` on one sample.
@@ -547,15 +423,24 @@ def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: t
             placeholder, then ``prompt`` tokenized by ``model.tokenizer`` (or fixed ids without one).
         prompt: text of the default sample.
         seed: seed of the default image.
-        hf_model: an already loaded export (skips loading ``hf_dir``; attach an exported MoCa to it
-            yourself; when loading here, a MoCa in ``hf_dir`` is attached).
+        hf_model: an already loaded export (skips loading ``hf_dir``): a plain
+            ``LlavaForConditionalGeneration`` (used as it is: attach exported plug-ins to it yourself) or an
+            :class:`~mllm_align.models.hf_llava.HFLlavaModel`, whose plug-ins are notified as below. When
+            loading here, the plug-ins the export recorded are re-attached (``from_export``).
+
+    With plug-ins, the HF model still runs its own forward (``<image>`` tokens expanded by HF); the
+    plug-ins are told the image positions first (``before_llm_pass`` with the spliced inputs, whose
+    ``image_mask`` is checked to equal ``input_ids == image_token_index``).
 
     Returns:
         The maximum absolute logit difference over all positions.
     """
     from transformers import LlavaForConditionalGeneration
 
-    device = next(model.llm.parameters()).device
+    from .hf_llava import HFLlavaModel, attach_exported_plugins
+
+    llm = model.language_model
+    device = next(llm.parameters()).device
     tower = model.visual_encoder
     if pixel_values is None:
         gen = torch.Generator().manual_seed(seed)
@@ -566,14 +451,19 @@ def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: t
     if int((input_ids == IMAGE_TOKEN_INDEX).sum()) != pixel_values.shape[0]:
         raise ValueError(f'input_ids hold {int((input_ids == IMAGE_TOKEN_INDEX).sum())} image placeholders for '
                          f'{pixel_values.shape[0]} images.')
-    if hf_model is None:
-        attn = getattr(model.llm.config, '_attn_implementation', None)
-        from ..engine.checkpoint import hf_weights_kwargs
+    wrapper: HFLlavaModel | None = None
+    if isinstance(hf_model, HFLlavaModel):
+        wrapper, hf_model = hf_model, hf_model.language_model
+    elif hf_model is None:
+        attn = getattr(model.llm_config, '_attn_implementation', None)
+        from ..checkpoint_io import hf_weights_kwargs
         hf_model = LlavaForConditionalGeneration.from_pretrained(
-            str(hf_dir), dtype=next(model.llm.parameters()).dtype,
+            str(hf_dir), dtype=next(llm.parameters()).dtype,
             attn_implementation=attn if attn in ('eager', 'sdpa') else None, **hf_weights_kwargs(hf_dir))
         hf_model.to(device)
-        _attach_moca_if_exported(hf_model, hf_dir)  # MoCa: re-attached when the export carries one
+        wrapper = HFLlavaModel(hf_model, template=model.template)
+        attach_exported_plugins(wrapper, hf_dir)
+        wrapper.to(device)
     hf_model.eval()
     was_training = model.training
     model.eval()
@@ -585,6 +475,12 @@ def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: t
     cfg = hf_model.config
     hf_ids = expand_image_placeholders(input_ids, cfg.image_token_index, cfg.image_seq_length)
     hf_dtype = next(hf_model.parameters()).dtype
+    if wrapper is not None and wrapper.plugins:
+        inputs = wrapper.prepare_inputs(data)
+        if not torch.equal(inputs.image_mask[0].cpu(), hf_ids == cfg.image_token_index):
+            raise ValueError('The spliced image positions differ from the HF <image> tokens: '
+                             f'image_seq_length={cfg.image_seq_length} does not match the tower.')
+        wrapper.notify_plugins(inputs)
     theirs = hf_model(input_ids=hf_ids[None].to(device), pixel_values=pixel_values.to(device, hf_dtype),
                       use_cache=False).logits[0].float()  # (L, V')
     if theirs.shape[0] != ours.shape[0]:
@@ -593,10 +489,10 @@ def compare_logits(model: LLaVAModel, hf_dir: str | os.PathLike, pixel_values: t
     return float((ours - theirs[:, :ours.shape[1]]).abs().max())
 
 
-def _default_prompt_ids(model: LLaVAModel, prompt: str) -> torch.Tensor:
+def _default_prompt_ids(model: 'LLaVAModel', prompt: str) -> torch.Tensor:
     tokenizer = model.tokenizer
     if tokenizer is None:
-        vocab = model.llm.config.vocab_size
+        vocab = model.llm_config.vocab_size
         text = [i % vocab for i in range(3, 11)]
         bos = []
     else:

@@ -35,31 +35,27 @@ LLaVA-1.5-7B at N=100, K=32, L≈1.5k), written once and read once, which takes 
 second pass on a GPU and needs the disk; so the forward pass is repeated. Both passes must see the
 same hidden states: the model is put in eval mode (no dropout) and restored afterwards.
 
-Models: anything with ``prepare_inputs(data) -> MultimodalInputs``, ``run_llm(inputs, **kw)``,
-``tokenizer`` and ``template``: :class:`~mllm_align.models.llava.LLaVAModel` (LoRA and plug-ins
-included) and :class:`HFLlavaModel`, which wraps a transformers ``LlavaForConditionalGeneration``
-(e.g. one written by ``tools/convert_to_hf.py``).
+Models: any :class:`~mllm_align.models.base.MultimodalModel` (``prepare_inputs``, ``run_llm``,
+``llm_config``, ``tokenizer``, ``template``): :class:`~mllm_align.models.llava.LLaVAModel` (LoRA and
+plug-ins included), :class:`~mllm_align.models.hf_llava.HFLlavaModel` (an exported HF Llava directory),
+and the other bases. The steps are public so that evaluators can run them batch by batch
+(:func:`probe_batches` → :func:`batch_modality_hidden_states`; ``mllm_align/evaluation/mir.py``).
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
-from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import torch
-from mmengine.logging import print_log
-from torch import nn
 
-from ..align.moca import MOCA_WEIGHTS_NAME, load_moca
 from ..constants import IMAGE_TOKEN_INDEX
 from ..metrics.mir import MIRAccumulator, MIRResult, SqrtMode
-from .builders import resolve_pad_token_id
-from .splice import MultimodalInputs, splice_image_features
+from .splice import MultimodalInputs
 
-__all__ = ['TEXT_TOKENS', 'HFLlavaModel', 'TextTokens', 'compute_model_mir', 'iter_modality_hidden_states',
-           'modality_masks', 'num_llm_layers', 'parse_layers']
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .base import MultimodalModel
+
+__all__ = ['TEXT_TOKENS', 'TextTokens', 'batch_modality_hidden_states', 'compute_model_mir',
+           'iter_modality_hidden_states', 'modality_masks', 'num_llm_layers', 'parse_layers', 'probe_batches']
 
 TextTokens = Literal['after_image', 'text', 'all']
 TEXT_TOKENS: tuple[str, ...] = ('after_image', 'text', 'all')
@@ -68,16 +64,17 @@ TEXT_TOKENS: tuple[str, ...] = ('after_image', 'text', 'all')
 # ---------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------
-def num_llm_layers(model: Any) -> int:
-    """K, the number of decoder layers of the model's LLM."""
-    llm = getattr(model, 'llm', None)
-    config = getattr(llm, 'config', None)
+def _text_config(model: 'MultimodalModel') -> Any:
+    config = getattr(model, 'llm_config', None)
     if config is None:
-        raise TypeError(f'{type(model).__name__} has no `llm.config`; MIR extraction needs a LLaVAModel or '
-                        'an HFLlavaModel.')
-    if hasattr(config, 'get_text_config'):
-        config = config.get_text_config()
-    return int(config.num_hidden_layers)
+        raise TypeError(f'{type(model).__name__} has no `llm_config`; MIR extraction needs a '
+                        'mllm_align.models.MultimodalModel (LLaVAModel, HFLlavaModel, …).')
+    return config.get_text_config() if hasattr(config, 'get_text_config') else config
+
+
+def num_llm_layers(model: 'MultimodalModel') -> int:
+    """K, the number of decoder layers of the model's LLM (``llm_config.num_hidden_layers``)."""
+    return int(_text_config(model).num_hidden_layers)
 
 
 def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> list[int]:
@@ -176,41 +173,113 @@ def modality_masks(inputs: MultimodalInputs, text_tokens: TextTokens = 'after_im
 # ---------------------------------------------------------------------------------------------
 # Extraction
 # ---------------------------------------------------------------------------------------------
-def _model_device(model: nn.Module) -> torch.device:
+def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _collate(encoded: list[Any], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+def _collate(encoded: list[Any], pad_id: int, device: torch.device) -> dict[str, Any]:
+    """Right-padded ``input_ids [B, T]``, ``attention_mask [B, T]``, the images of every pair along dim 0
+    (``pixel_values``; ``image_grid_thw`` too when the pairs carry it), and the pairs' ``text_masks``."""
     T = max(len(e.input_ids) for e in encoded)
     input_ids = torch.full((len(encoded), T), pad_id, dtype=torch.long)
     attention = torch.zeros(len(encoded), T, dtype=torch.bool)
     for b, e in enumerate(encoded):
         input_ids[b, :len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.long)
         attention[b, :len(e.input_ids)] = True
-    pixels = torch.cat([e.pixel_values for e in encoded])  # (B, 3, H, W): one image per sample
-    return dict(input_ids=input_ids.to(device), attention_mask=attention.to(device), pixel_values=pixels.to(device))
+    batch: dict[str, Any] = dict(input_ids=input_ids.to(device), attention_mask=attention.to(device))
+    batch['pixel_values'] = torch.cat([e.pixel_values for e in encoded]).to(device)  # (N, ...) one image per pair
+    grids = [getattr(e, 'image_grid_thw', None) for e in encoded]
+    if all(g is not None for g in grids):
+        batch['image_grid_thw'] = torch.cat(grids).to(device)  # (N, 3)
+    batch['text_masks'] = [e.text_mask for e in encoded]
+    return batch
 
 
-def _hidden_states(model: Any, inputs: MultimodalInputs) -> tuple[torch.Tensor, ...]:
-    try:
-        out = model.run_llm(inputs, output_hidden_states=True, logits_to_keep=1)
-    except TypeError:  # an LLM without `logits_to_keep`
-        out = model.run_llm(inputs, output_hidden_states=True)
+def _max_positions(model: 'MultimodalModel') -> int | None:
+    return getattr(_text_config(model), 'max_position_embeddings', None)
+
+
+def probe_batches(model: 'MultimodalModel', probe: Any, batch_size: int = 1) -> Iterator[dict[str, Any]]:
+    """The probe's pairs encoded for ``model`` (its tokenizer and template) and collated, in probe order.
+
+    Each batch holds ``input_ids [B, T]`` (one ``IMAGE_TOKEN_INDEX`` per pair), ``attention_mask``,
+    ``pixel_values`` (and ``image_grid_thw`` when the probe gives it) on the model's device, plus
+    ``text_masks`` (per pair, see :func:`modality_masks`) and ``pair_indices`` (the probe indices).
+
+    Raises:
+        ValueError: ``batch_size < 1``.
+    """
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+    tokenizer, template = getattr(model, 'tokenizer', None), getattr(model, 'template', None)
+    device = _model_device(model)
+    pad_id = int(getattr(model, 'pad_token_id', 0) or 0)
+    for start in range(0, len(probe), batch_size):
+        idx = list(range(start, min(start + batch_size, len(probe))))
+        batch = _collate([probe.encode(i, tokenizer, template) for i in idx], pad_id, device)
+        batch['pair_indices'] = idx
+        yield batch
+
+
+@torch.no_grad()
+def batch_modality_hidden_states(model: 'MultimodalModel', batch: dict[str, Any], layer_ids: Sequence[int],
+                                 dtype: torch.dtype | None = torch.float32, *,
+                                 text_tokens: TextTokens = 'after_image',
+                                 probe: Any = None) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """One forward pass of a :func:`probe_batches` batch: per pair, ``(vision_layers, text_layers)``.
+
+    ``vision_layers[j]`` is ``[P, D]`` (the pair's vision rows at layer ``layer_ids[j]``), ``text_layers[j]``
+    ``[n_t, D]``, on the model's device. Runs under ``torch.no_grad()`` in the model's current mode (the
+    caller puts it in eval mode).
+
+    Args:
+        model: the base.
+        batch: from :func:`probe_batches`.
+        layer_ids: HF ``hidden_states`` indices (:func:`parse_layers`).
+        dtype: dtype of the returned rows (None keeps the model's).
+        text_tokens: which non-vision positions count as text (module docstring).
+        probe: the probe (only to name a pair in errors).
+
+    Raises:
+        ValueError: a prompt longer than the LLM's ``max_position_embeddings`` (naming the pair), or a
+            hidden-state count that does not match the LLM's layers.
+    """
+    num_layers = num_llm_layers(model)
+    max_pos = _max_positions(model)
+    data = {k: v for k, v in batch.items() if k not in ('text_masks', 'pair_indices')}
+    inputs = model.prepare_inputs(data)
+    lengths = inputs.attention_mask.sum(dim=1)
+    if max_pos is not None and int(lengths.max()) > max_pos:
+        b = int(lengths.argmax())
+        index = batch.get('pair_indices', list(range(len(lengths))))[b]
+        what = f'Pair {index}'
+        if probe is not None:
+            pair = probe.pairs[index]
+            what += f' ({pair.image_id} + {pair.text_id})'
+        raise ValueError(f"{what} is {int(lengths[b])} tokens long, more than the LLM's "
+                         f'max_position_embeddings={max_pos}; lower --text-max-tokens.')
+    keep = dict(logits_to_keep=1) if getattr(model, 'supports_logits_to_keep', False) else {}
+    out = model.run_llm(inputs, output_hidden_states=True, **keep)
     hidden = getattr(out, 'hidden_states', None)
     if hidden is None:
         raise ValueError(f'{type(model).__name__}.run_llm returned no hidden_states; the LLM must support '
                          'output_hidden_states=True.')
-    return hidden
+    if len(hidden) != num_layers + 1:
+        raise ValueError(f'The LLM returned {len(hidden)} hidden states; expected {num_layers + 1} '
+                         f'(embeddings + {num_layers} layers).')
+    vision, text = modality_masks(inputs, text_tokens, batch.get('text_masks'), batch['input_ids'])
+    rows = []
+    for b in range(inputs.attention_mask.shape[0]):
+        v = [hidden[k][b][vision[b]] for k in layer_ids]  # K' × (P, D)
+        t = [hidden[k][b][text[b]] for k in layer_ids]  # K' × (n_t, D)
+        if dtype is not None:
+            v = [x.to(dtype) for x in v]
+            t = [x.to(dtype) for x in t]
+        rows.append((v, t))
+    return rows
 
 
-def _max_positions(model: Any) -> int | None:
-    config = getattr(getattr(model, 'llm', None), 'config', None)
-    if config is not None and hasattr(config, 'get_text_config'):
-        config = config.get_text_config()
-    return getattr(config, 'max_position_embeddings', None)
-
-
-def iter_modality_hidden_states(model: Any, probe: Any, layers: str | Sequence[int] | None = None,
+def iter_modality_hidden_states(model: 'MultimodalModel', probe: Any, layers: str | Sequence[int] | None = None,
                                 dtype: torch.dtype | None = torch.float32, *,
                                 text_tokens: TextTokens = 'after_image', batch_size: int = 1,
                                 progress: Any = None) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
@@ -222,7 +291,7 @@ def iter_modality_hidden_states(model: Any, probe: Any, layers: str | Sequence[i
     ``torch.no_grad()`` (the consumer's grad mode is untouched between samples).
 
     Args:
-        model: a :class:`LLaVAModel` or :class:`HFLlavaModel` (needs ``tokenizer`` and ``template``).
+        model: a ``MultimodalModel`` (needs ``tokenizer`` and ``template``).
         probe: a :class:`~mllm_align.data.mir_probe.MIRProbe`.
         layers: layer numbers or spec (:func:`parse_layers`); default all decoder layers 1..K.
         dtype: dtype of the yielded rows (default float32; None keeps the model's dtype). The model
@@ -233,48 +302,17 @@ def iter_modality_hidden_states(model: Any, probe: Any, layers: str | Sequence[i
         progress: an object with ``update(n)`` (e.g. tqdm), advanced once per pair.
 
     Raises:
-        ValueError: bad layers, a prompt longer than the LLM's ``max_position_embeddings`` (naming
-            the pair), or a hidden-state count that does not match the LLM's layers.
+        ValueError: bad layers or batch size, and the errors of :func:`batch_modality_hidden_states`.
     """
-    num_layers = num_llm_layers(model)
-    layer_ids = parse_layers(layers, num_layers)
-    if batch_size < 1:
-        raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
-    tokenizer, template = getattr(model, 'tokenizer', None), getattr(model, 'template', None)
-    device = _model_device(model)
-    pad_id = int(getattr(model, 'pad_token_id', 0) or 0)
-    max_pos = _max_positions(model)
+    layer_ids = parse_layers(layers, num_llm_layers(model))
+    if text_tokens not in TEXT_TOKENS:
+        raise ValueError(f'text_tokens={text_tokens!r}: use one of {TEXT_TOKENS}.')
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(probe), batch_size):
-            idx = range(start, min(start + batch_size, len(probe)))
-            encoded = [probe.encode(i, tokenizer, template) for i in idx]
-            batch = _collate(encoded, pad_id, device)
-            with torch.no_grad():
-                inputs = model.prepare_inputs(batch)
-                lengths = inputs.attention_mask.sum(dim=1)
-                if max_pos is not None and int(lengths.max()) > max_pos:
-                    b = int(lengths.argmax())
-                    pair = probe.pairs[idx[b]]
-                    raise ValueError(f'Pair {idx[b]} ({pair.image_id} + {pair.text_id}) is {int(lengths[b])} tokens '
-                                     f'long, more than the LLM\'s max_position_embeddings={max_pos}; lower '
-                                     '--text-max-tokens.')
-                hidden = _hidden_states(model, inputs)
-                if len(hidden) != num_layers + 1:
-                    raise ValueError(f'The LLM returned {len(hidden)} hidden states; expected {num_layers + 1} '
-                                     f'(embeddings + {num_layers} layers).')
-                vision, text = modality_masks(inputs, text_tokens, [e.text_mask for e in encoded],
-                                              batch['input_ids'])
-                rows = []
-                for b in range(len(encoded)):
-                    v = [hidden[k][b][vision[b]] for k in layer_ids]  # K' × (P, D)
-                    t = [hidden[k][b][text[b]] for k in layer_ids]  # K' × (n_t, D)
-                    if dtype is not None:
-                        v = [x.to(dtype) for x in v]
-                        t = [x.to(dtype) for x in t]
-                    rows.append((v, t))
-                del hidden, inputs
+        for batch in probe_batches(model, probe, batch_size):
+            rows = batch_modality_hidden_states(model, batch, layer_ids, dtype, text_tokens=text_tokens, probe=probe)
+            del batch
             for v, t in rows:
                 if progress is not None:
                     progress.update(1)
@@ -283,9 +321,10 @@ def iter_modality_hidden_states(model: Any, probe: Any, layers: str | Sequence[i
         model.train(was_training)
 
 
-def compute_model_mir(model: Any, probe: Any, layers: str | Sequence[int] | None = None, sqrt: SqrtMode = 'exact',
-                      *, dtype: torch.dtype | None = torch.float32, text_tokens: TextTokens = 'after_image',
-                      batch_size: int = 1, median_bins: int = 1024, progress: Any = None) -> MIRResult:
+def compute_model_mir(model: 'MultimodalModel', probe: Any, layers: str | Sequence[int] | None = None,
+                      sqrt: SqrtMode = 'exact', *, dtype: torch.dtype | None = torch.float32,
+                      text_tokens: TextTokens = 'after_image', batch_size: int = 1, median_bins: int = 1024,
+                      progress: Any = None) -> MIRResult:
     """MIR of ``model`` on ``probe``: two streaming passes into :class:`MIRAccumulator` (2N forwards).
 
     Args:
@@ -308,126 +347,3 @@ def compute_model_mir(model: Any, probe: Any, layers: str | Sequence[int] | None
         if pass_index == 1:
             acc.start_second_pass()
     return acc.compute()
-
-
-# ---------------------------------------------------------------------------------------------
-# transformers LlavaForConditionalGeneration
-# ---------------------------------------------------------------------------------------------
-class HFLlavaModel(nn.Module):
-    """A transformers ``LlavaForConditionalGeneration`` behind the extraction interface of LLaVAModel.
-
-    ``prepare_inputs`` takes mllm_align prompt ids (one ``IMAGE_TOKEN_INDEX`` placeholder per image),
-    computes the image features with HF's own ``get_image_features`` (vision tower, feature layer
-    and strategy, projector) and splices them with :func:`splice_image_features`; ``run_llm`` runs the
-    language model (``model.language_model``) on the spliced embeddings. This is what
-    ``LlavaForConditionalGeneration.forward`` does with ``image_seq_length`` ``<image>`` tokens,
-    without needing the expanded ids.
-
-    A MoCa-trained export (``moca.safetensors`` beside the weights) is calibrated as in training:
-    :meth:`from_pretrained` re-attaches MoCa to the language model's decoder layers and
-    :meth:`run_llm` gives it the spliced batch's image mask, so MIR of the export equals MIR of the
-    trained ``LLaVAModel``.
-
-    Args:
-        hf_model: the loaded ``LlavaForConditionalGeneration``.
-        tokenizer: its tokenizer.
-        template: the mllm_align chat template the model was trained with.
-        moca: a :class:`~mllm_align.align.moca.MoCa` already attached to ``hf_model``'s language model
-            (None: no calibration).
-    """
-
-    def __init__(self, hf_model: nn.Module, tokenizer: Any = None, template: str | None = None,
-                 moca: nn.Module | None = None) -> None:
-        super().__init__()
-        self.hf_model = hf_model
-        self.tokenizer = tokenizer
-        self.template = template
-        self.moca = moca
-
-    @property
-    def llm(self) -> nn.Module:
-        """The language model (a ``LlamaModel``, ``Qwen2Model``, …; its last hidden state is normed)."""
-        return self.hf_model.model.language_model
-
-    @property
-    def pad_token_id(self) -> int:
-        return resolve_pad_token_id(self.llm.config, self.tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, template: str | None = None,
-                        dtype: torch.dtype | str | None = None, device: str | torch.device = 'cpu') -> 'HFLlavaModel':
-        """Load an HF Llava directory, its tokenizer, and the template.
-
-        The template is ``template`` if given, else the ``model.template`` of the mllm_align config
-        recorded in the directory's ``mllm_align_export.json`` (written by ``tools/convert_to_hf.py``).
-        A MoCa export in the directory is loaded and attached (see the class docstring).
-
-        Raises:
-            ValueError: not a Llava directory, or no template can be found.
-        """
-        from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-        path = Path(path)
-        config_file = path / 'config.json'
-        if not config_file.is_file():
-            raise ValueError(f'{path} is not a transformers model directory (no config.json).')
-        model_type = json.loads(config_file.read_text()).get('model_type')
-        if model_type != 'llava':
-            raise ValueError(f'{path} holds a {model_type!r} model; expected an HF Llava export '
-                             '(LlavaForConditionalGeneration, model_type "llava").')
-        if template is None:
-            template = _template_from_export(path)
-        if template is None:
-            raise ValueError(f'No chat template for {path}: pass --template (e.g. vicuna_v1, plain); it is read '
-                             'from the source config named in mllm_align_export.json when that config exists.')
-        from ..engine.checkpoint import hf_weights_kwargs
-        kwargs = {} if dtype is None else dict(dtype=dtype)
-        hf_model = LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs, **hf_weights_kwargs(path))
-        hf_model = hf_model.to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        moca = None
-        if (path / MOCA_WEIGHTS_NAME).is_file():
-            moca = load_moca(path).to(device)
-            moca.attach(hf_model.model.language_model)
-            print_log(f'{path}: MoCa export found and attached ({moca.num_layers} layers).', logger='current')
-        return cls(hf_model, tokenizer, template, moca)
-
-    def prepare_inputs(self, data: dict) -> MultimodalInputs:
-        """Spliced inputs: ``input_ids [B, T]`` with placeholders, ``attention_mask``, ``pixel_values [N, 3, H, W]``."""
-        pixel_values = data.get('pixel_values')
-        features = None
-        if pixel_values is not None:
-            dtype = next(self.hf_model.model.vision_tower.parameters()).dtype
-            features = self.hf_model.get_image_features(pixel_values=pixel_values.to(dtype))
-            if isinstance(features, (list, tuple)):
-                features = torch.stack(list(features))  # (N, P, D)
-        attention = data.get('attention_mask')
-        if attention is None:
-            attention = torch.ones_like(data['input_ids'], dtype=torch.bool)
-        return splice_image_features(data['input_ids'], attention, self.hf_model.get_input_embeddings(), features,
-                                     pad_token_id=self.pad_token_id)
-
-    def run_llm(self, inputs: MultimodalInputs, **kwargs: Any) -> Any:
-        """The language model on spliced inputs (``.hidden_states`` with ``output_hidden_states=True``)."""
-        kwargs.pop('logits_to_keep', None)  # the decoder computes no logits
-        if self.moca is not None:
-            self.moca.set_image_mask(inputs.image_mask)
-        return self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                        position_ids=inputs.position_ids, use_cache=False, **kwargs)
-
-
-def _template_from_export(path: Path) -> str | None:
-    info_file = path / 'mllm_align_export.json'
-    if not info_file.is_file():
-        return None
-    source = json.loads(info_file.read_text()).get('source_config')
-    if not source or not Path(source).is_file():
-        return None
-    from mmengine.config import Config
-    try:
-        cfg = Config.fromfile(source)
-        template = cfg.model.get('template')
-    except Exception as exc:  # noqa: BLE001 - the config is only a hint
-        print_log(f'Could not read the template from {source}: {exc}', logger='current', level=logging.WARNING)
-        return None
-    return template if isinstance(template, str) else None

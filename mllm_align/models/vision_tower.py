@@ -29,7 +29,7 @@ SelectFeature = Literal['patch', 'cls_patch']
 def _load_vision_model(path: str, dtype: torch.dtype | str, trust_remote_code: bool) -> nn.Module:
     config = load_config(path, trust_remote_code)
     model_type = getattr(config, 'model_type', '')
-    from ..engine.checkpoint import hf_weights_kwargs
+    from ..checkpoint_io import hf_weights_kwargs
     kwargs = dict(dtype=resolve_dtype(dtype), **hf_weights_kwargs(path))  # safetensors, or .bin weights_only
     if model_type in ('clip', 'clip_vision_model'):
         return CLIPVisionModel.from_pretrained(path, **kwargs)
@@ -61,6 +61,9 @@ class VisionTower(nn.Module):
         model: an already built vision model instead of ``path`` (tests, composition).
 
     Shapes: ``forward(pixel_values [N, 3, H, W]) -> [N, P, C]`` with P patch (+prefix) tokens.
+
+    Implements the :class:`~mllm_align.models.base.VisionEncoder` protocol (``hidden_size``,
+    ``num_prefix_tokens``, ``forward``, ``apply_lora``).
     """
 
     def __init__(self, path: str | None = None, select_layer: int = -2,
@@ -116,6 +119,11 @@ class VisionTower(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def apply_lora(self, lora_cfg: Any) -> None:
+        """Wrap the encoder's linear layers with a peft LoRA adapter (the ``VisionEncoder`` protocol)."""
+        from .base import apply_lora
+        self.model = apply_lora(self.model, lora_cfg, config_key='visual_encoder_lora')
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=True)

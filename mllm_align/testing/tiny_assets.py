@@ -11,6 +11,9 @@ Tests, the demo and the ``*_tiny_cpu.py`` config twins load these through the sa
     vision/dinov2 Dinov2Model        + BitImageProcessor (DINOv2's preprocessor)
     shapes/       the dataset of `mllm_align.testing.shapes` (images under shapes/images/)
     .complete     stamp: version, parameters, library versions, source hash
+    qwen2_vl/     Qwen2VLForConditionalGeneration + Qwen2-VL tokenizer (vision tokens, the real chat
+                  template) + Qwen2VLImageProcessor: built on its own by `build_tiny_qwen2_vl`, with
+                  its own stamp (qwen2_vl/.complete); a rebuild of the assets above removes it
 
 Sizes: every LLM has hidden 64, 2 layers, 4 heads, 2 KV heads, MLP 128, untied embeddings,
 vocabulary = ``len(tokenizer)``. Every vision tower takes 32×32 images in 8×8 patches: a 4×4 grid
@@ -147,6 +150,7 @@ class TinyAssets:
     sft_jsonl: Path
     eval_json: Path
     annotations_json: Path
+    qwen2_vl: Path  # built by build_tiny_qwen2_vl, not by build_tiny_assets
 
     def llm(self, kind: LLMKind) -> Path:
         """Directory of the tiny LLM ``kind`` ('llama', 'qwen2' or 'vicuna')."""
@@ -180,6 +184,7 @@ def tiny_assets_paths(root: str | Path) -> TinyAssets:
         sft_jsonl=data / shapes.SFT_JSONL,
         eval_json=data / shapes.EVAL_JSON,
         annotations_json=data / shapes.ANNOTATIONS_JSON,
+        qwen2_vl=root / 'qwen2_vl',
     )
 
 
@@ -362,7 +367,7 @@ def _file_lock(root: Path) -> Iterator[bool]:
 
 def _looks_like_assets(root: Path) -> bool:
     names = {p.name for p in root.iterdir()}
-    return STAMP_NAME in names or names <= {'llm', 'vision', 'shapes'}
+    return STAMP_NAME in names or names <= {'llm', 'vision', 'shapes', 'qwen2_vl'}
 
 
 def _check_replaceable(root: Path) -> None:
@@ -458,6 +463,111 @@ def build_tiny_assets(root: str | Path,
 
 
 # ----------------------------------------------------------------------------------------------
+# Tiny Qwen2-VL (its own stamp: building it never rebuilds the assets above)
+# ----------------------------------------------------------------------------------------------
+# LLM part: the sizes of the other tiny LLMs; head dim 16, so M-RoPE's (t, h, w) sections split its 8
+# frequencies 2 + 3 + 3 (Qwen2-VL-7B: 16 + 24 + 24 of 64).
+QWEN2_VL_MROPE_SECTION = (2, 3, 3)
+# Vision part: 4-px patches, 2 frames per temporal patch, 2×2 merge, so an image becomes
+# (H/8)·(W/8) LLM tokens; the processor resizes into [MIN, MAX] pixels on a multiple of 8 (the
+# 64×64 shapes images → 32×32 → 16 tokens, like the other towers; a 24×32 image → 12 tokens).
+QWEN2_VL_PATCH_SIZE = 4
+QWEN2_VL_TEMPORAL_PATCH_SIZE = 2
+QWEN2_VL_MERGE_SIZE = 2
+QWEN2_VL_VISION_EMBED_DIM = 32
+QWEN2_VL_VISION_DEPTH = 2
+QWEN2_VL_VISION_HEADS = 4
+QWEN2_VL_MIN_PIXELS = 16 * 16
+QWEN2_VL_MAX_PIXELS = 32 * 32
+QWEN2_VL_STOP_TOKENS = ('<|im_end|>', '<|endoftext|>')
+
+
+def _build_qwen2_vl(out_dir: Path, corpus: list[str], vocab_size: int, seed: int) -> None:
+    """A random Qwen2VLForConditionalGeneration, its tokenizer and image processor, saved into ``out_dir``."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    tokenizer = build_tiny_tokenizer('qwen2_vl', corpus, vocab_size=vocab_size)
+    ids = {t: _token_id(tokenizer, t, 'qwen2_vl') for t in ('<|image_pad|>', '<|video_pad|>', '<|vision_start|>',
+                                                            '<|vision_end|>', *QWEN2_VL_STOP_TOKENS)}
+    stop_ids = [ids[t] for t in QWEN2_VL_STOP_TOKENS]
+    pad_id = tokenizer.pad_token_id
+    text_config = dict(
+        vocab_size=len(tokenizer), hidden_size=LLM_HIDDEN_SIZE, intermediate_size=LLM_INTERMEDIATE_SIZE,
+        num_hidden_layers=LLM_NUM_LAYERS, num_attention_heads=LLM_NUM_HEADS, num_key_value_heads=LLM_NUM_KV_HEADS,
+        max_position_embeddings=LLM_MAX_POSITIONS, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        rope_scaling={'type': 'mrope', 'mrope_section': list(QWEN2_VL_MROPE_SECTION)},
+        tie_word_embeddings=False, bos_token_id=stop_ids[-1], eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_id)
+    vision_config = dict(
+        depth=QWEN2_VL_VISION_DEPTH, embed_dim=QWEN2_VL_VISION_EMBED_DIM, hidden_size=LLM_HIDDEN_SIZE,
+        num_heads=QWEN2_VL_VISION_HEADS, mlp_ratio=2, in_channels=3, patch_size=QWEN2_VL_PATCH_SIZE,
+        spatial_merge_size=QWEN2_VL_MERGE_SIZE, temporal_patch_size=QWEN2_VL_TEMPORAL_PATCH_SIZE)
+    config = Qwen2VLConfig(
+        text_config=text_config, vision_config=vision_config, image_token_id=ids['<|image_pad|>'],
+        video_token_id=ids['<|video_pad|>'], vision_start_token_id=ids['<|vision_start|>'],
+        vision_end_token_id=ids['<|vision_end|>'], tie_word_embeddings=False,
+        bos_token_id=stop_ids[-1], eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
+        architectures=['Qwen2VLForConditionalGeneration'])
+    torch.manual_seed(seed + 21)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(bos_token_id=stop_ids[-1], eos_token_id=stop_ids,
+                                               pad_token_id=pad_id)
+    processor = Qwen2VLImageProcessor(
+        min_pixels=QWEN2_VL_MIN_PIXELS, max_pixels=QWEN2_VL_MAX_PIXELS, patch_size=QWEN2_VL_PATCH_SIZE,
+        temporal_patch_size=QWEN2_VL_TEMPORAL_PATCH_SIZE, merge_size=QWEN2_VL_MERGE_SIZE,
+        image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD, do_convert_rgb=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+def build_tiny_qwen2_vl(root: str | Path, force: bool = False, *, seed: int = 0,
+                        vocab_size: int = 1024) -> Path:
+    """Build (or reuse) the tiny random Qwen2-VL at ``root/qwen2_vl`` and return that directory.
+
+    The tokenizer trains on the shapes dataset's text, so the assets under ``root`` are built first
+    (with the default parameters) when ``root`` holds none; existing ones are used as they are. The
+    directory has its own ``.complete`` stamp
+    (this builder's source, parameters, library versions) and is written to a temporary sibling and
+    renamed into place under a file lock, like :func:`build_tiny_assets`. A rebuild of the default
+    assets replaces ``root`` and removes this directory; the next call builds it again.
+
+    Loads with ``Qwen2VLForConditionalGeneration.from_pretrained``, ``AutoTokenizer`` (Qwen2-VL's
+    special tokens and chat template) and ``AutoImageProcessor`` (``Qwen2VLImageProcessor``).
+    """
+    root = Path(root).absolute()
+    assets = tiny_assets_paths(root) if (root / STAMP_NAME).is_file() else build_tiny_assets(root)
+    out = assets.qwen2_vl
+    params = dict(seed=seed, vocab_size=vocab_size, patch_size=QWEN2_VL_PATCH_SIZE,
+                  merge_size=QWEN2_VL_MERGE_SIZE, min_pixels=QWEN2_VL_MIN_PIXELS, max_pixels=QWEN2_VL_MAX_PIXELS,
+                  mrope_section=list(QWEN2_VL_MROPE_SECTION), hidden_size=LLM_HIDDEN_SIZE,
+                  vision_embed_dim=QWEN2_VL_VISION_EMBED_DIM, assets_stamp=(root / STAMP_NAME).read_text())
+    stamp = _stamp_text(params)
+    if not force and _stamp_matches(out, stamp):
+        return out
+    with _file_lock(out):
+        if not force and _stamp_matches(out, stamp):
+            return out
+        tmp = root / f'.{out.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+        try:
+            tmp.mkdir()
+            files = tiny_assets_paths(root)
+            corpus = shapes.corpus_texts(files.pretrain_json, files.sft_json, files.eval_json)
+            corpus += list(_TEMPLATE_TEXTS)
+            _build_qwen2_vl(tmp, corpus, vocab_size, seed)
+            (tmp / STAMP_NAME).write_text(stamp, encoding='utf-8')
+            if out.exists():
+                old = root / f'.{out.name}.old-{uuid.uuid4().hex[:8]}'
+                os.replace(out, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info('Tiny Qwen2-VL ready in %s', out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Summary (used by tools/build_tiny_assets.py)
 # ----------------------------------------------------------------------------------------------
 def _safetensors_numel(path: Path) -> int:
@@ -496,6 +606,17 @@ def summarize_tiny_assets(assets: TinyAssets) -> list[dict[str, object]]:
     counts = {name: len(json.loads(getattr(assets, name).read_text()))
               for name in ('pretrain_json', 'sft_json', 'eval_json')}
     num_images = sum(1 for _ in (assets.shapes_root / shapes.IMAGE_DIR).glob('*.png'))
+    if (assets.qwen2_vl / 'config.json').is_file():
+        config = json.loads((assets.qwen2_vl / 'config.json').read_text())
+        vision, text = config['vision_config'], config.get('text_config', config)
+        rows.append(dict(name='qwen2_vl', path=str(assets.qwen2_vl),
+                         params=_safetensors_numel(assets.qwen2_vl / 'model.safetensors'),
+                         bytes=_dir_bytes(assets.qwen2_vl),
+                         detail=f"{config.get('architectures', [config['model_type']])[0]}, vocab "
+                                f"{text['vocab_size']}, hidden "
+                                f"{text['hidden_size']}, {text['num_hidden_layers']} layers; vision depth "
+                                f"{vision['depth']}, {vision['patch_size']}-px patches, merge "
+                                f"{vision['spatial_merge_size']}"))
     rows.append(dict(name='shapes', path=str(assets.shapes_root), params=0,
                      bytes=_dir_bytes(assets.shapes_root),
                      detail=f"{num_images} images; pretrain {counts['pretrain_json']}, "
@@ -503,7 +624,7 @@ def summarize_tiny_assets(assets: TinyAssets) -> list[dict[str, object]]:
     return rows
 
 
-__all__ = ['TinyAssets', 'build_tiny_assets', 'tiny_assets_paths', 'summarize_tiny_assets',
+__all__ = ['TinyAssets', 'build_tiny_assets', 'build_tiny_qwen2_vl', 'tiny_assets_paths', 'summarize_tiny_assets',
            'TINY_ASSETS_VERSION', 'LLM_KINDS', 'VISION_KINDS', 'VISION_IMAGE_SIZE',
            'VISION_PATCH_SIZE', 'VISION_NUM_PATCHES', 'LLM_HIDDEN_SIZE', 'VISION_HIDDEN_SIZE',
            'SHAPES_IMAGE_SIZE']

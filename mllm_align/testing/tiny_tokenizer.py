@@ -16,6 +16,9 @@ llama3     ``<|begin_of_text|>`` / ``<|eot_id|>`` / ``<|finetune_right_pad_id|>`
            headers, messages trimmed, BOS in the text; the tokenizer itself prepends BOS when
            ``add_special_tokens=True`` (like Meta's fixed ``tokenizer.json``)
 qwen2      no BOS / ``<|im_end|>`` / ``<|endoftext|>``; ChatML with Qwen2's default system prompt
+qwen2_vl   as qwen2, plus Qwen2-VL's vision tokens (``<|vision_start|>``, ``<|vision_end|>``,
+           ``<|vision_pad|>``, ``<|image_pad|>``, ``<|video_pad|>``) and Qwen2-VL-Instruct's own chat
+           template, verbatim (:data:`QWEN2_VL_CHAT_TEMPLATE`)
 phi3       ``<s>`` / ``<|endoftext|>`` / ``<|endoftext|>``; ``<|user|>\\n…<|end|>\\n``, EOS after a
            conversation without generation prompt (Phi-3-mini-instruct)
 vicuna     ``<s>`` / ``</s>`` / ``<unk>``; LLaVA-1.5 ``conv_vicuna_v1`` text, BOS in the text and
@@ -34,10 +37,11 @@ from transformers import PreTrainedTokenizerFast
 
 from mllm_align.data.templates import QWEN2_SYSTEM, VICUNA_SYSTEM
 
-__all__ = ['build_tiny_tokenizer', 'TINY_TOKENIZER_KINDS', 'CHAT_TEMPLATES', 'SAMPLE_CORPUS']
+__all__ = ['build_tiny_tokenizer', 'TINY_TOKENIZER_KINDS', 'CHAT_TEMPLATES', 'SAMPLE_CORPUS',
+           'QWEN2_VL_CHAT_TEMPLATE', 'QWEN2_VL_SPECIAL_TOKENS']
 
-TokenizerKind = Literal['llama3', 'qwen2', 'vicuna', 'phi3']
-TINY_TOKENIZER_KINDS: tuple[str, ...] = ('llama3', 'qwen2', 'vicuna', 'phi3')
+TokenizerKind = Literal['llama3', 'qwen2', 'vicuna', 'phi3', 'qwen2_vl']
+TINY_TOKENIZER_KINDS: tuple[str, ...] = ('llama3', 'qwen2', 'vicuna', 'phi3', 'qwen2_vl')
 
 # A few sentences for quick tokenizers in tests (the tiny assets train on their dataset's text).
 SAMPLE_CORPUS: tuple[str, ...] = (
@@ -94,9 +98,28 @@ _VICUNA_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}")
 
+# Qwen2-VL-2B/7B-Instruct's `chat_template` (their chat_template.json), transcribed verbatim: the reference the
+# `qwen2_vl` template of mllm_align.data.templates is checked against (tests/data/test_templates.py). An image
+# content item becomes <|vision_start|><|image_pad|><|vision_end|>; the processor then repeats <|image_pad|> once
+# per merged patch.
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}")
+#: Qwen2-VL's vision special tokens (after Qwen2's three), in the order of the real vocabulary.
+QWEN2_VL_SPECIAL_TOKENS: tuple[str, ...] = ('<|vision_start|>', '<|vision_end|>', '<|vision_pad|>', '<|image_pad|>',
+                                            '<|video_pad|>')
+
 CHAT_TEMPLATES: dict[str, str] = {
     'llama3': _LLAMA3_TEMPLATE, 'qwen2': _QWEN2_TEMPLATE, 'phi3': _PHI3_TEMPLATE,
-    'vicuna': _VICUNA_TEMPLATE,
+    'vicuna': _VICUNA_TEMPLATE, 'qwen2_vl': QWEN2_VL_CHAT_TEMPLATE,
 }
 
 # special tokens (in id order), the roles they play, whether the tokenizer prepends BOS
@@ -108,6 +131,9 @@ _SPECS: dict[str, dict] = {
         regex=_LLAMA3_REGEX, add_bos=True),
     'qwen2': dict(
         special=['<|endoftext|>', '<|im_start|>', '<|im_end|>'],
+        bos=None, eos='<|im_end|>', pad='<|endoftext|>', unk=None, regex=_QWEN2_REGEX, add_bos=False),
+    'qwen2_vl': dict(
+        special=['<|endoftext|>', '<|im_start|>', '<|im_end|>', *QWEN2_VL_SPECIAL_TOKENS],
         bos=None, eos='<|im_end|>', pad='<|endoftext|>', unk=None, regex=_QWEN2_REGEX, add_bos=False),
     'phi3': dict(
         special=['<unk>', '<s>', '</s>', '<|endoftext|>', '<|assistant|>', '<|end|>', '<|system|>',
@@ -124,7 +150,7 @@ def build_tiny_tokenizer(kind: TokenizerKind, corpus: list[str],
     """Train a tiny byte-level BPE tokenizer of family ``kind`` on ``corpus``.
 
     Args:
-        kind: ``'llama3'``, ``'qwen2'``, ``'vicuna'`` or ``'phi3'``.
+        kind: ``'llama3'``, ``'qwen2'``, ``'vicuna'``, ``'phi3'`` or ``'qwen2_vl'``.
         corpus: training texts (the dataset's conversations, template words, …).
         vocab_size: upper bound of ``len(tokenizer)`` (special tokens + 256 bytes + merges).
 

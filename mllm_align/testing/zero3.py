@@ -57,9 +57,11 @@ def build_check_model(tiny_root: str | os.PathLike, plugins: tuple[str, ...] = (
     torch.manual_seed(seed)
     return LLaVAModel(llm=dict(type=load_llm, path=str(root / 'llm' / 'llama')),
                       visual_encoder=dict(type=VisionTower, path=str(root / 'vision' / 'clip')),
-                      freeze_llm=False, visual_words=vw, gradient_checkpointing='gc' in plugins,
-                      moca=dict(type=MoCa, init_std=0.1) if 'moca' in plugins else None,
-                      cal=dict(type=CAL) if 'cal' in plugins else None)
+                      freeze_llm=False, gradient_checkpointing='gc' in plugins,
+                      plugins={name: cfg for name, cfg in (('moca', dict(type=MoCa, init_std=0.1) if 'moca' in plugins
+                                                            else None),
+                                                           ('cal', dict(type=CAL) if 'cal' in plugins else None),
+                                                           ('visual_words', vw)) if cfg is not None})
 
 
 def check_batch(seed: int) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from mllm_align.align import CAL, cal_loss, cal_token_weights, cal_token_weights
 from mllm_align.align.cal import drop_image_tokens, gather_gold_logits
 from mllm_align.constants import IGNORE_INDEX as IGN
 from mllm_align.constants import IMAGE_TOKEN_INDEX as IMG
-from mllm_align.models import LLaVAModel, MultimodalInputs, VisionTower, load_llm, supervised_positions
+from mllm_align.models import AlignPlugin, LLaVAModel, MultimodalInputs, VisionTower, load_llm, supervised_positions
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / 'projects' / 'cal' / 'configs').glob('*/*.py'))
@@ -203,6 +203,22 @@ def test_drop_pass_with_sdpa_and_batch_of_one():
     torch.testing.assert_close(out[0, dest[0, t]], ref[0, t], rtol=0, atol=1e-5)
 
 
+def test_drop_keeps_opaque_multi_axis_positions():
+    """M-RoPE positions [3, B, L] (Qwen2-VL): each axis is compacted as a 1-D [B, L] would be."""
+    inputs = _spliced_batch(8)
+    B, L = inputs.attention_mask.shape
+    gen = torch.Generator().manual_seed(4)
+    pos3 = torch.randint(0, 50, (3, B, L), generator=gen)
+    multi = MultimodalInputs(inputs.inputs_embeds, inputs.attention_mask, pos3, inputs.image_mask)
+    compact3, dest3 = drop_image_tokens(multi, rows=torch.tensor([0, B - 1]))
+    assert compact3.position_ids.shape[0] == 3
+    for axis in range(3):
+        one = MultimodalInputs(inputs.inputs_embeds, inputs.attention_mask, pos3[axis], inputs.image_mask)
+        compact1, dest1 = drop_image_tokens(one, rows=torch.tensor([0, B - 1]))
+        assert torch.equal(compact3.position_ids[axis], compact1.position_ids) and torch.equal(dest3, dest1)
+        assert torch.equal(compact3.inputs_embeds, compact1.inputs_embeds)
+
+
 # ---------------------------------------------------------------- CAL inside LLaVAModel
 @pytest.fixture(scope='module')
 def extra_llms(tmp_path_factory):
@@ -217,12 +233,14 @@ def extra_llms(tmp_path_factory):
     return root
 
 
-def _model(llm_path, cal=None, attn='eager', **kwargs) -> LLaVAModel:
+def _model(llm_path, cal=None, attn='eager', moca=None, **kwargs) -> LLaVAModel:
     torch.manual_seed(0)
     tiny = REPO / 'data' / 'tiny'
+    plugins = {} if moca is None else {'moca': moca}
+    plugins['cal'] = cal if cal is not None else dict(type=CAL)
     return LLaVAModel(llm=dict(type=load_llm, path=str(llm_path), attn_implementation=attn),
                       visual_encoder=dict(type=VisionTower, path=str(tiny / 'vision' / 'clip')),
-                      cal=cal if cal is not None else dict(type=CAL), **kwargs)
+                      plugins=plugins, **kwargs)
 
 
 def _batch(bos: bool = True) -> dict:
@@ -370,14 +388,14 @@ def test_kept_logits_cal_equals_full_logits_cal(tiny_assets, extra_llms, llm, se
               'lora': dict(llm_lora=dict(r=4, lora_alpha=8, lora_dropout=0.0, bias='none',
                                          task_type='CAUSAL_LM'))}[setup]
     model = _model(path, cal=dict(type=CAL, **cal), **kwargs)
-    assert model._logits_to_keep
+    assert model.supports_logits_to_keep
     data = _ragged_batch(bos=llm != 'qwen2')
     inputs = model.prepare_inputs(data)
     B, L = inputs.labels.shape
     seen = []
     model.llm.register_forward_hook(lambda m, a, out: seen.append(tuple(out.logits.shape)))
     kept, kept_grads = _cal_loss_and_grads(model, data)
-    model._logits_to_keep = False
+    model.supports_logits_to_keep = False
     full, full_grads = _cal_loss_and_grads(model, data)
     positions = supervised_positions(inputs.labels)
     V = seen[-1][-1]
@@ -431,52 +449,57 @@ def test_kept_logits_cal_pieces_and_flat_pooling(tiny_assets):
     assert out['loss_lm'].item() == 0.0 and out['loss_lm'].requires_grad and seen == [(5, 0, logits.shape[-1])]
     # 'flat' pooling reads every position: no positions, full logits, and positions are rejected.
     flat = CAL(pooling='flat')
-    assert flat.logits_positions(labels) is None and torch.equal(model.cal.logits_positions(labels), positions)
+    assert flat.logits_positions(inputs, positions) is None
+    assert model.cal.logits_positions(inputs, positions) is positions
     with pytest.raises(ValueError, match='flat'):
         flat.compute_loss(model, inputs, logits[:, positions], positions)
     model_flat = _model(REPO / 'data' / 'tiny' / 'llm' / 'llama', cal=dict(type=CAL, pooling='flat'))
     seen = []
     model_flat.llm.register_forward_hook(lambda m, a, out: seen.append(tuple(out.logits.shape)))
     kept = model_flat(_ragged_batch(), mode='loss')
-    model_flat._logits_to_keep = False
+    model_flat.supports_logits_to_keep = False
     full = model_flat(_ragged_batch(), mode='loss')
     assert seen[0] == seen[2] == tuple(logits.shape) and seen[1] == seen[3]
     for k in kept:
         torch.testing.assert_close(kept[k], full[k])
 
 
-class _FullLogitsPlugin:
-    """A CAL-style plug-in with only ``compute_loss(model, inputs, logits)``: it gets full logits."""
+class _FullLogitsPlugin(AlignPlugin):
+    """A CAL-style plug-in that replaces the LM loss and asks for every position: it gets full logits."""
 
-    def compute_loss(self, model, inputs, logits):
+    replaces_lm_loss = True
+
+    def logits_positions(self, inputs, lm_positions):
+        return None
+
+    def loss(self, model, inputs, logits, positions):
         self.shape = tuple(logits.shape)
+        assert positions is None
         return {'loss_lm': logits.float().mean()}
 
 
-def test_cal_plugin_without_logits_positions_gets_full_logits(tiny_assets):
+def test_plugin_asking_for_every_position_gets_full_logits(tiny_assets):
     model = _model(REPO / 'data' / 'tiny' / 'llm' / 'llama', cal=dict(type=_FullLogitsPlugin))
     data = _ragged_batch()
     model(data, mode='loss')
     B, L = model.prepare_inputs(data).labels.shape
-    assert model._logits_to_keep and model.cal.shape[:2] == (B, L)
+    assert model.supports_logits_to_keep and model.cal.shape[:2] == (B, L)
 
 
-class _RecordingMoCa(torch.nn.Module):
-    """Stands in for MoCa's plug-in protocol: records the image masks it is given."""
+class _RecordingPlugin(AlignPlugin):
+    """A plug-in that records the image mask of every LLM pass it is told about (MoCa keeps the last one)."""
 
-    def __init__(self, num_layers: int, hidden_size: int) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.masks = []
 
-    def attach(self, llm) -> None:
-        pass
-
-    def set_image_mask(self, image_mask) -> None:
-        self.masks.append(image_mask)
+    def before_llm_pass(self, inputs) -> None:
+        self.masks.append(inputs.image_mask)
 
 
 def test_moca_mask_is_restored_after_the_no_image_pass(tiny_assets):
-    model = _model(REPO / 'data' / 'tiny' / 'llm' / 'llama', moca=dict(type=_RecordingMoCa))
+    # CAL never names MoCa: the base tells every plug-in about CAL's extra pass, then the main pass again.
+    model = _model(REPO / 'data' / 'tiny' / 'llm' / 'llama', moca=dict(type=_RecordingPlugin))
     model(_batch(), mode='loss')
     with_image, no_image, restored = model.moca.masks
     assert with_image.any() and not no_image.any()
@@ -487,9 +510,9 @@ def test_moca_mask_is_restored_after_the_no_image_pass(tiny_assets):
 @pytest.mark.parametrize('path', CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_configs_load_with_cal_on(path):
     cfg = Config.fromfile(str(path))
-    assert cfg.model.cal.type is CAL
-    assert (cfg.model.cal.alpha, cfg.model.cal.beta, cfg.model.cal.window) == (1.0, 5.0, 3)
-    assert cfg.model.cal.pooling == 'sample' and cfg.model.cal.no_image_pass == 'drop'
+    assert cfg.model.plugins.cal.type is CAL
+    assert (cfg.model.plugins.cal.alpha, cfg.model.plugins.cal.beta, cfg.model.plugins.cal.window) == (1.0, 5.0, 3)
+    assert cfg.model.plugins.cal.pooling == 'sample' and cfg.model.plugins.cal.no_image_pass == 'drop'
 
 
 def test_tiny_finetune_twin_builds_and_steps(tiny_assets):

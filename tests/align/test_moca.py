@@ -263,7 +263,7 @@ def _llava(tiny_assets, **kwargs):
     torch.manual_seed(0)
     return LLaVAModel(llm=dict(type=load_llm, path=str(root / 'llm' / 'llama'), attn_implementation='eager'),
                       visual_encoder=dict(type=VisionTower, path=str(root / 'vision' / 'clip')),
-                      moca=dict(type=MoCa), **kwargs)
+                      plugins=dict(moca=dict(type=MoCa)), **kwargs)
 
 
 def _batch() -> dict:
@@ -324,7 +324,7 @@ def test_configs_follow_the_paper():
     from mmengine.config import Config
     pre, sft = Config.fromfile(REPO / PRETRAIN_7B), Config.fromfile(REPO / FINETUNE_7B)
     for cfg in (pre, sft, Config.fromfile(REPO / PRETRAIN_TINY), Config.fromfile(REPO / FINETUNE_TINY)):
-        assert cfg.model.moca.type is MoCa and cfg.model.moca.init_std == 0.0
+        assert cfg.model.plugins.moca.type is MoCa and cfg.model.plugins.moca.init_std == 0.0
         assert cfg.optim_wrapper.paramwise_cfg.custom_keys['moca'].decay_mult == 0.0
     assert pre.model.freeze_llm and pre.optim_wrapper.optimizer.lr == 1e-3
     assert not sft.model.freeze_llm and sft.optim_wrapper.optimizer.lr == 2e-5
@@ -347,8 +347,8 @@ def test_export_round_trip_reproduces_logits(tiny_assets, tmp_path):
                 p.add_(torch.randn(p.shape, generator=gen) * 0.3)
     out = export_llava_to_hf(model, tmp_path / 'hf')
     assert (out / MOCA_WEIGHTS_NAME).is_file() and (out / MOCA_CONFIG_NAME).is_file()
-    assert json.loads((out / EXPORT_INFO_NAME).read_text())['moca']['files'] == [MOCA_WEIGHTS_NAME,
-                                                                                 MOCA_CONFIG_NAME]
+    assert json.loads((out / EXPORT_INFO_NAME).read_text())['plugins'] == [
+        {'name': 'moca', 'class': 'mllm_align.align.moca.MoCa', 'files': [MOCA_WEIGHTS_NAME, MOCA_CONFIG_NAME]}]
     assert torch.equal(load_moca(out).u, model.moca.u) and torch.equal(load_moca(out).v, model.moca.v)
 
     assert compare_logits(model, out) < 1e-5  # compare_logits loads the export and attaches MoCa

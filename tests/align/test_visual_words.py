@@ -260,7 +260,7 @@ def _model(llm: str = 'llama', **vw_kwargs) -> LLaVAModel:
     root = REPO / 'data' / 'tiny'
     return LLaVAModel(llm=dict(type=load_llm, path=str(root / 'llm' / llm)),
                       visual_encoder=dict(type=VisionTower, path=str(root / 'vision' / 'clip')),
-                      visual_words=dict(type=VisualWords, **vw_kwargs))
+                      plugins=dict(visual_words=dict(type=VisualWords, **vw_kwargs)))
 
 
 def _batch(pixel_seed: int = 0) -> dict:
@@ -314,7 +314,7 @@ def test_model_loss_equals_the_pure_function_and_trains_the_head(assets, family_
     torch.manual_seed(7)
     model = LLaVAModel(llm=dict(type=load_llm, path=str(family_dirs[llm])),
                        visual_encoder=dict(type=VisionTower, path=str(REPO / 'data' / 'tiny' / 'vision' / 'clip')),
-                       visual_words=dict(type=VisualWords, weight=0.5, pif=pif))
+                       plugins=dict(visual_words=dict(type=VisualWords, weight=0.5, pif=pif)))
     data = _batch()
     losses = model(data, mode='loss')
     assert {'loss_lm', 'loss_vm', 'visual_words/kl', 'visual_words/target_entropy'} <= set(losses)
@@ -370,10 +370,10 @@ def test_every_config_loads_and_the_tiny_twins_build(assets):
     from mmengine.config import Config
     from mmengine.registry import MODELS
     configs = sorted(CONFIG_DIR.rglob('*.py'))
-    assert len(configs) == 13
+    assert len(configs) == 14  # 7 real recipes (one combining MoCa, CAL and visual words) and their twins
     for path in configs:
         cfg = Config.fromfile(str(path))
-        assert cfg.model.visual_words.weight == 1.0
+        assert cfg.model.plugins.visual_words.weight == 1.0
         if path.name.endswith('_tiny_cpu.py'):
             model = MODELS.build(cfg.model)
             assert isinstance(model.visual_words, VisualWords)
@@ -446,5 +446,5 @@ def test_hf_export_drops_the_training_only_head_and_refuses_pif(assets, tmp_path
     from safetensors import safe_open
     keys = [k for f in out.glob('*.safetensors') for k in safe_open(str(f), 'pt').keys()]
     assert keys and not any('vm_head' in k or 'visual_words' in k for k in keys)
-    with pytest.raises(ValueError, match='pif=True .* cannot compute'):
+    with pytest.raises(ValueError, match='pif=True.*cannot compute'):
         export_llava_to_hf(_model(pif=True).eval(), tmp_path / 'hf_pif')

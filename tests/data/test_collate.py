@@ -54,8 +54,25 @@ def test_errors():
         llava_collate_fn([])
     with pytest.raises(ValueError, match="Sample 'x': input_ids has 2 ids but labels has 1"):
         llava_collate_fn([item([1, 2], [1])])
-    with pytest.raises(ValueError, match='must share'):
-        llava_collate_fn([item([IMAGE_TOKEN_INDEX], [IGNORE_INDEX], n_img=1, size=8),
-                          item([IMAGE_TOKEN_INDEX], [IGNORE_INDEX], n_img=1, size=16)])
+    with pytest.raises(ValueError, match='`image_grid_thw` of the samples in one batch have different trailing'):
+        llava_collate_fn([dict(item([1], [1]), image_grid_thw=torch.ones(1, 3)),
+                          dict(item([1], [1]), image_grid_thw=torch.ones(1, 2))])
     with pytest.raises(ValueError, match='more than max_length=1'):
         llava_collate_fn([item([1, 2], [1, 2])], max_length=1)
+
+
+def test_images_of_different_sizes_become_a_list_in_sample_order():
+    a = item([IMAGE_TOKEN_INDEX], [IGNORE_INDEX], n_img=1, size=8)
+    b = item([IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX], [IGNORE_INDEX] * 2, n_img=2, size=16)
+    pv = llava_collate_fn([a, b])['data']['pixel_values']
+    assert isinstance(pv, list) and [tuple(p.shape) for p in pv] == [(3, 8, 8), (3, 16, 16), (3, 16, 16)]
+    assert torch.equal(pv[0], a['pixel_values'][0]) and torch.equal(pv[2], b['pixel_values'][1])
+
+
+def test_qwen2_vl_patches_and_grids_concatenate():
+    a = dict(item([IMAGE_TOKEN_INDEX], [IGNORE_INDEX]), pixel_values=torch.randn(4, 6),
+             image_grid_thw=torch.tensor([[1, 2, 2]]))
+    b = dict(item([IMAGE_TOKEN_INDEX], [IGNORE_INDEX]), pixel_values=torch.randn(8, 6),
+             image_grid_thw=torch.tensor([[1, 2, 4]]))
+    data = llava_collate_fn([a, b])['data']
+    assert data['pixel_values'].shape == (12, 6) and data['image_grid_thw'].tolist() == [[1, 2, 2], [1, 2, 4]]

@@ -7,7 +7,7 @@ from mllm_align.data.templates import TEMPLATES, ChatTemplate, render_conversati
 from mllm_align.testing.tiny_tokenizer import SAMPLE_CORPUS, build_tiny_tokenizer
 
 FAMILY = {'plain': 'vicuna', 'vicuna_v1': 'vicuna', 'llama3': 'llama3', 'qwen2': 'qwen2', 'phi3': 'phi3',
-          'mistral': 'vicuna'}
+          'mistral': 'vicuna', 'qwen2_vl': 'qwen2_vl'}
 IMAGE, TEXT = {'type': 'image'}, lambda t: {'type': 'text', 'text': t}  # noqa: E731
 CONVERSATIONS = {
     'image_then_text': [{'role': 'user', 'content': [IMAGE, TEXT('What is in the image?')]}],

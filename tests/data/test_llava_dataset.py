@@ -432,3 +432,51 @@ def test_duplicate_ids_are_found_over_files_without_parsing(tmp_path, image_dir,
     text = dup.describe()
     assert '5 records repeat the `id`' in text and 'All of them are trained on' in text
     assert make(tmp_path, image_dir, GOOD, name='c.json').duplicate_ids.num_records == 0
+
+
+# ------------------------------------------------------------------------------ Qwen2-VL (patch-grid processor)
+def qwen2_vl_processor():
+    from transformers import Qwen2VLImageProcessor
+    return Qwen2VLImageProcessor(min_pixels=16 * 16, max_pixels=32 * 32, patch_size=4, temporal_patch_size=2,
+                                 merge_size=2)
+
+
+def test_qwen2_vl_items_carry_patches_and_grids_and_collate(tmp_path, image_dir):
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    from mllm_align.data import llava_collate_fn
+    tok = tiny('qwen2_vl')
+    ds = make(tmp_path, image_dir, GOOD, tokenizer=tok, template='qwen2_vl', image_processor=qwen2_vl_processor(),
+              pad_image_to_square=False, num_image_tokens=16)
+    sizes = {'red.png': (20, 40), 'grey.png': (16, 16), 'blue.png': (30, 20)}  # (h, w)
+
+    def grid(name):
+        h, w = smart_resize(*sizes[name], factor=8, min_pixels=256, max_pixels=1024)
+        return [1, h // 4, w // 4]
+
+    one, text, two = ds[0], ds[1], ds[2]
+    assert one['image_grid_thw'].tolist() == [grid('red.png')]
+    assert one['pixel_values'].shape == (int(np.prod(grid('red.png'))), 3 * 2 * 4 * 4)
+    assert two['image_grid_thw'].tolist() == [grid('grey.png'), grid('blue.png')]
+    assert text['pixel_values'] is None and 'image_grid_thw' not in text
+    vision_start = tok.convert_tokens_to_ids('<|vision_start|>')
+    ids = one['input_ids'].tolist()
+    assert ids[ids.index(IMAGE_TOKEN_INDEX) - 1] == vision_start
+    batch = llava_collate_fn([one, text, two])['data']
+    assert batch['image_grid_thw'].tolist() == [grid('red.png'), grid('grey.png'), grid('blue.png')]
+    assert batch['pixel_values'].shape[0] == sum(int(np.prod(grid(n))) for n in ('red.png', 'grey.png', 'blue.png'))
+
+
+def test_qwen2_vl_truncation_counts_each_images_own_tokens(tmp_path, image_dir):
+    """red.png (40×20) becomes 16×40 px = 4×10 patches = 10 tokens (not num_image_tokens=100): the sample fits
+    where a fixed count would not."""
+    tok = tiny('qwen2_vl')
+    item = [{'id': 'r', 'image': 'red.png', 'conversations': conv('<image>\nWhat color?', 'Red.')}]
+    ids, _ = encode_conversation(item[0]['conversations'], tok, 'qwen2_vl')
+    budget = len(ids) - 1 + 10  # every text token + the image's 10 tokens
+    ds = make(tmp_path, image_dir, item, tokenizer=tok, template='qwen2_vl', image_processor=qwen2_vl_processor(),
+              pad_image_to_square=False, num_image_tokens=100, max_length=budget)
+    assert len(ds[0]['input_ids']) == len(ids) and 'notices' not in ds[0]
+    short = make(tmp_path, image_dir, item, name='short.json', tokenizer=tok, template='qwen2_vl',
+                 image_processor=qwen2_vl_processor(), pad_image_to_square=False, max_length=budget - 2)
+    assert short[0]['notices'] == {'truncated': 1} and len(short[0]['input_ids']) == len(ids) - 2

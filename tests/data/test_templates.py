@@ -484,3 +484,65 @@ def test_real_vocabulary_segments(pkg, name, which):
             continue
         assert build_generation_prompt(history, tok, name) == tok.apply_chat_template(
             history, chat_template=REAL[which]['chat_template'], tokenize=True, add_generation_prompt=True)
+
+
+# ------------------------------------------------------------------------------ qwen2_vl vs Qwen2-VL's own template
+def _qwen2_vl_messages(conv, image_text):
+    """HF messages with list content for the real template: ``[image, text]`` in the first user turn."""
+    messages = [dict(m) for m in conv]
+    first = next(i for i, m in enumerate(messages) if m['role'] == 'user')
+    messages[first]['content'] = [{'type': 'image'}, {'type': 'text', 'text': image_text + messages[first]['content']}]
+    return messages
+
+
+@pytest.mark.parametrize('conv', range(len(CONVERSATIONS)))
+@pytest.mark.parametrize('sep', ['', '\n'])
+def test_qwen2_vl_ids_equal_qwen2_vl_own_chat_template(conv, sep):
+    """One ``<image>`` placeholder replaced by ``<|image_pad|>`` gives the ids of the real template (the processor
+    then repeats ``<|image_pad|>``); text-only conversations give its ids as they are."""
+    from mllm_align.testing.tiny_tokenizer import QWEN2_VL_CHAT_TEMPLATE
+    tok = tiny('qwen2_vl')
+    assert tok.chat_template == QWEN2_VL_CHAT_TEMPLATE
+    pad = tok.convert_tokens_to_ids('<|image_pad|>')
+    messages = CONVERSATIONS[conv]
+    ids, labels = encode_conversation(llava_turns(messages), tok, 'qwen2_vl')
+    assert ids == tok.apply_chat_template(messages, tokenize=True)  # text only: Qwen2's ChatML
+    turns = llava_turns(messages)
+    first = next(i for i, t in enumerate(turns) if t['from'] == 'human')
+    turns[first] = dict(turns[first], value='<image>' + sep + turns[first]['value'])
+    ids, labels = encode_conversation(turns, tok, 'qwen2_vl')
+    assert ids.count(IMAGE_TOKEN_INDEX) == 1 and labels[ids.index(IMAGE_TOKEN_INDEX)] == IGNORE_INDEX
+    real = tok.apply_chat_template(_qwen2_vl_messages(messages, sep), tokenize=True)
+    assert [pad if i == IMAGE_TOKEN_INDEX else i for i in ids] == real
+    history = turns[:-1]
+    prompt = build_generation_prompt(history, tok, 'qwen2_vl')
+    real = tok.apply_chat_template(_qwen2_vl_messages(messages[:-1], sep), tokenize=True, add_generation_prompt=True)
+    assert [pad if i == IMAGE_TOKEN_INDEX else i for i in prompt] == real
+    # the supervised spans are the replies and their <|im_end|>, as in qwen2
+    assert [tok.decode(s) for s in _supervised_spans(ids, labels)] == [
+        m['content'] + '<|im_end|>' for m in messages if m['role'] == 'assistant']
+
+
+def test_qwen2_vl_wraps_every_image_and_its_jinja_twin_renders_the_same():
+    from mllm_align.data.hf_chat_template import chat_template_jinja, messages_to_conversation
+    tok = tiny('qwen2_vl')
+    turns = [{'from': 'human', 'value': '<image>\n<image>\nSame shape?'}, {'from': 'gpt', 'value': 'No.'}]
+    text = render_conversation(turns, tok, 'qwen2_vl')
+    assert '<|im_start|>user\n<|vision_start|><image><|vision_end|>\n<|vision_start|><image><|vision_end|>\n' \
+           'Same shape?<|im_end|>' in text
+    assert encode_conversation(turns, tok, 'qwen2_vl')[0].count(IMAGE_TOKEN_INDEX) == 2
+    assert get_template('qwen2_vl').stop_token_ids(tok)[0] == tok.convert_tokens_to_ids('<|im_end|>')
+    jinja = chat_template_jinja('qwen2_vl')
+    image, q = {'type': 'image'}, {'type': 'text', 'text': 'Same shape?'}
+    for messages in ([{'role': 'user', 'content': [image, image, q]}, {'role': 'assistant', 'content': 'No.'}],
+                     [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': '<image>\nQ?'}]):
+        for gen in (False, True):
+            ours = render_conversation(messages_to_conversation(messages), tok, 'qwen2_vl', add_generation_prompt=gen)
+            assert tok.apply_chat_template(messages, chat_template=jinja, tokenize=False,
+                                           add_generation_prompt=gen) == ours
+    # with Qwen2-VL's own image token, the twin writes what its processor expands
+    pads = tok.apply_chat_template([{'role': 'user', 'content': [image, q]}], tokenize=False,
+                                   chat_template=chat_template_jinja('qwen2_vl', '<|image_pad|>'))
+    assert '<|vision_start|><|image_pad|><|vision_end|>\nSame shape?' in pads
+    # other templates leave <image> as it is
+    assert '<|vision_start|>' not in render_conversation(turns, tiny('qwen2'), 'qwen2')

@@ -48,9 +48,53 @@ def test_part1_override_reaches_every_dict_built_from_it(config):
 
 def test_inheriting_recipe_keeps_its_own_settings_and_takes_its_own_part1():
     cfg = prepare_config(INHERITS, cfg_options={'moca_init_std': 0.5, 'lr': 5e-4})
-    assert cfg.model.moca.init_std == 0.5
+    assert cfg.model.plugins.moca.init_std == 0.5
     assert cfg.optim_wrapper.optimizer.lr == 5e-4  # built in the base file
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys.moca.decay_mult == 0.0  # set in the recipe
+
+
+def _at(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split('.'):
+        node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
+    return node
+
+
+_VW = 'projects/visual_words/configs'
+_MISTRAL_SFT_TWIN = f'{_VW}/finetune/llava_mistral_7b_vw_finetune_tiny_cpu.py'
+
+
+# A method twin imports its base twin and, by name, the method's settings and blocks from its own recipe:
+# a method variable is assigned in that recipe (or one it imports), a base variable in the base recipe,
+# tiny_cpu.py or the base twin; each must still reach the fields.
+@pytest.mark.parametrize('twin, options, expected', [
+    ('projects/moca/configs/pretrain/llava_v15_7b_moca_pretrain_tiny_cpu.py',
+     {'moca_init_std': 0.5, 'data_path': '/data/mine.json', 'warmup_ratio': 0.3, 'llm_name_or_path': 'llm/x'},
+     {'model.plugins.moca.init_std': 0.5, 'train_dataloader.dataset.data_path': '/data/mine.json',
+      'custom_hooks.2.images': '/data/mine.json', 'param_scheduler.0.end': 0.3, 'model.llm.path': 'llm/x',
+      'model.tokenizer.path': 'llm/x', 'train_dataloader.dataset.tokenizer.path': 'llm/x',
+      'optim_wrapper.paramwise_cfg.custom_keys.moca.decay_mult': 0.0}),
+    (f'{_VW}/pretrain/llava_v15_7b_vw_moca_cal_pretrain_tiny_cpu.py',
+     {'moca_init_std': 0.1, 'cal_alpha': 2.0, 'cal_window': 1, 'vw_weight': 0.5, 'batch_size': 2},
+     {'model.plugins.moca.init_std': 0.1, 'model.plugins.cal.alpha': 2.0, 'model.plugins.cal.window': 1,
+      'model.plugins.visual_words.weight': 0.5, 'train_dataloader.sampler.per_device_batch_size': 2}),
+    (_MISTRAL_SFT_TWIN, {'template': 'vicuna_v1', 'vw_pif': True, 'lr': 1e-3},
+     {'model.template': 'vicuna_v1', 'train_dataloader.dataset.template': 'vicuna_v1',
+      'model.plugins.visual_words.pif': True, 'optim_wrapper.optimizer.lr': 1e-3}),
+    (f'{_VW}/finetune/llava_v15_7b_vw_pif_finetune_tiny_cpu.py', {'vw_pif': False, 'pretrained_pth': 'a.pth'},
+     {'model.plugins.visual_words.pif': False, 'model.pretrained_pth': 'a.pth'}),
+], ids=['moca', 'vw_moca_cal', 'mistral_sft', 'vw_pif_sft'])
+def test_method_and_base_variables_on_a_method_twin_reach_its_fields(twin, options, expected):
+    before = prepare_config(str(REPO / twin))
+    cfg = prepare_config(str(REPO / twin), cfg_options=options)
+    assert {key: _at(cfg, key) for key in expected} == pytest.approx(expected)
+    assert list(cfg.model.plugins) == list(before.model.plugins)  # plug-in order unchanged
+    assert {key: _at(before, key) for key in expected} != pytest.approx(expected)  # the options changed them
+
+
+def test_method_twin_keeps_its_recipes_template_unless_told():
+    cfg = prepare_config(str(REPO / _MISTRAL_SFT_TWIN))
+    assert cfg.model.template == cfg.train_dataloader.dataset.template == 'mistral'
 
 
 def test_warmup_ratio_override_fixes_what_the_warmup_error_asks_for():

@@ -4,8 +4,10 @@ and 2 processes, plain DDP and DeepSpeed ZeRO-2; Ctrl-C of the launcher. After `
 weights and optimizer state equal an uninterrupted run's bit for bit; a torn (uncommitted) checkpoint is
 never used; no rank outlives its launcher, and no checkpoint appears after the launcher died.
 
-The hooks are in mllm_align/testing/fault_injection.py (env-var driven); the rank side of launcher
-ownership in mllm_align/engine/distributed.py. The iterations are drawn from
+The faults are config hooks of mllm_align/testing/fault_injection.py (a crash hook, and a checkpoint-write
+fault registered at the engine's write-hook point), asked for through MLLM_ALIGN_CRASH_* / MLLM_ALIGN_CKPT_FAULT,
+which tools/train.py turns into ``custom_hooks`` entries; the rank side of launcher ownership is in
+mllm_align/engine/distributed.py. The iterations are drawn from
 ``random.Random(f'{MLLM_ALIGN_FAULT_SEED}-{test}')`` (seed 0 unless set) and shown in every failure.
 A soak test (``-m soak``, not in the default run) trains 2,000 iterations with periodic kills.
 """

@@ -106,11 +106,61 @@ def test_cpu_distributed_uses_gloo_and_no_device_ids(monkeypatch):
     assert cfg.model_wrapper_cfg.device_ids is None
 
 
-def test_crash_hook_is_added_from_the_environment(monkeypatch):
+def _train_tool():
+    """tools/train.py as a module (its functions, without running main)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('train_tool', REPO / 'tools' / 'train.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_extra_hooks_are_appended_after_cfg_options(tiny_assets):
+    crash = dict(type='SimulatedCrashHook', at_iter=3, target='launcher')
+    base = [h['type'] for h in prepare_config(TINY).custom_hooks]
+    hooks = prepare_config(TINY, extra_hooks=[crash]).custom_hooks
+    assert [h['type'] for h in hooks] == base + ['SimulatedCrashHook'] and hooks[-1] == crash
+    assert prepare_config(TINY, cfg_options={'custom_hooks': []}, extra_hooks=[crash]).custom_hooks == [crash]
+
+
+def test_train_tool_turns_the_fault_environment_into_config_hooks(monkeypatch, tiny_assets):
+    from mmengine.registry import HOOKS
+    train = _train_tool()
+    for name in ('MLLM_ALIGN_CRASH_AT_ITER', 'MLLM_ALIGN_CRASH_RANK', 'MLLM_ALIGN_CKPT_FAULT', 'MLLM_ALIGN_FAULT_RANK'):
+        monkeypatch.delenv(name, raising=False)
+    assert train.fault_hooks() == []
     monkeypatch.setenv('MLLM_ALIGN_CRASH_AT_ITER', '3')
     monkeypatch.setenv('MLLM_ALIGN_CRASH_RANK', 'launcher')
-    hooks = prepare_config(TINY).custom_hooks
-    assert hooks[-1] == dict(type='SimulatedCrashHook', at_iter=3, target='launcher')
-    monkeypatch.delenv('MLLM_ALIGN_CRASH_AT_ITER')
-    assert all(h.get('type') != 'SimulatedCrashHook' for h in prepare_config(TINY).custom_hooks)
+    monkeypatch.setenv('MLLM_ALIGN_CKPT_FAULT', 'enospc:iter_4.pth')
+    monkeypatch.setenv('MLLM_ALIGN_FAULT_RANK', '0')
+    hooks = prepare_config(TINY, extra_hooks=train.fault_hooks()).custom_hooks
+    assert hooks[-2:] == [dict(type='SimulatedCrashHook', at_iter=3, target='launcher'),
+                          dict(type='CheckpointWriteFaultHook', action='enospc', pattern='iter_4.pth', fault_dir=None,
+                               rank=0)]
+    crash, fault = (HOOKS.build(dict(h)) for h in hooks[-2:])  # the registry names resolve
+    assert (crash.at_iter, crash.target) == (3, 'launcher')
+    assert (fault.fault.action, fault.fault.pattern, fault.fault.rank) == ('enospc', 'iter_4.pth', 0)
 
+
+def test_a_normal_run_imports_no_test_code(tiny_assets, tmp_path):
+    """tools/train.py's path to a built Runner without fault variables never imports mllm_align.testing."""
+    import os
+    import subprocess
+    import sys
+    code = f"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location('train_tool', {str(REPO / 'tools' / 'train.py')!r})
+train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train)
+cfg = train.prepare_config({TINY!r}, work_dir={str(tmp_path / 'work')!r}, extra_hooks=train.fault_hooks())
+runner = train.build_runner(cfg)
+print('HOOKS', sorted(type(h).__name__ for h in runner.hooks))
+print('TESTING', sorted(m for m in sys.modules if m.startswith('mllm_align.testing')))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('MLLM_ALIGN_CRASH', 'MLLM_ALIGN_CKPT_FAULT'))}
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(env, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = dict(line.split(' ', 1) for line in proc.stdout.splitlines() if line.startswith(('HOOKS', 'TESTING')))
+    assert 'CheckpointHook' in lines['HOOKS'] and 'SimulatedCrashHook' not in lines['HOOKS']
+    assert lines['TESTING'] == '[]', f'a normal run imported {lines["TESTING"]}'

@@ -27,13 +27,12 @@ from transformers import (
 )
 
 from mllm_align.constants import IMAGE_TOKEN_INDEX as IMG
+from mllm_align.engine.build import build_model_from_config, image_processor_from_config
 from mllm_align.models import LLaVAModel, VisionTower, load_llm, load_tokenizer
 from mllm_align.models.export import (
     EXPORT_INFO_NAME,
-    build_model_from_config,
     compare_logits,
     export_llava_to_hf,
-    image_processor_from_config,
     vision_feature_select_strategy,
 )
 
@@ -368,7 +367,7 @@ def test_processor_contract_check_fails_on_a_wrong_template_or_double_bos(family
 def test_export_settings_come_from_the_config(tmp_path):
     from mmengine.config import Config
 
-    from mllm_align.models.export import export_settings_from_config
+    from mllm_align.engine.build import export_settings_from_config
     cfg = Config(dict(model=dict(template='qwen2'), train_dataloader=dict(dataset=dict(template='qwen2'))))
     assert export_settings_from_config(cfg) == dict(template='qwen2', pad_image_to_square=True)
     cfg = Config(dict(model=dict(), train_dataloader=dict(dataset=dict(template='phi3', pad_image_to_square=False))))

@@ -13,7 +13,8 @@ from mllm_align.constants import IMAGE_TOKEN_INDEX
 from mllm_align.data.mir_probe import build_mir_probe, default_text_folder, seeded_order
 from mllm_align.metrics.mir import compute_mir
 from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
-from mllm_align.models.hidden_states import HFLlavaModel, compute_model_mir, iter_modality_hidden_states, parse_layers
+from mllm_align.models.hf_llava import HFLlavaModel
+from mllm_align.models.hidden_states import compute_model_mir, iter_modality_hidden_states, parse_layers
 
 TEXTS = ['The ferry left late because of fog over the harbour.',
          'Council members argued about the library budget for hours.',
@@ -262,6 +263,10 @@ def test_hf_llava_export_gives_the_same_rows(llama, probe_dirs, processor, tmp_p
     for (va, ta), (vb, tb) in zip(iter_modality_hidden_states(llama, probe), iter_modality_hidden_states(hf, probe)):
         for x, y in zip(va + ta, vb + tb):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+    # the export records the template it was trained with; without it, the template must be given
+    assert HFLlavaModel.from_pretrained(out).template == 'plain'
+    info_file = out / 'mllm_align_export.json'
+    info_file.write_text(json.dumps({**json.loads(info_file.read_text()), 'template': None}))
     with pytest.raises(ValueError, match='pass --template'):
         HFLlavaModel.from_pretrained(out)
 
@@ -275,7 +280,7 @@ def test_hf_llava_export_reattaches_moca(tiny_assets, probe_dirs, processor, tmp
     model = LLaVAModel(llm=dict(type=load_llm, path=str(tiny_assets.llm('llama'))),
                        visual_encoder=dict(type=VisionTower, path=str(tiny_assets.vision('clip'))),
                        tokenizer=dict(type=load_tokenizer, path=str(tiny_assets.llm('llama'))),
-                       template='plain', moca=dict(type=MoCa)).eval()
+                       template='plain', plugins=dict(moca=dict(type=MoCa))).eval()
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():  # a trained-looking calibration
         model.moca.u.add_(torch.randn(model.moca.u.shape, generator=gen) * 0.3)
@@ -283,14 +288,21 @@ def test_hf_llava_export_reattaches_moca(tiny_assets, probe_dirs, processor, tmp
     out = export_llava_to_hf(model, tmp_path / 'hf', image_processor=processor)
     probe = _probe(probe_dirs, processor, eval_num=2)
     hf = HFLlavaModel.from_pretrained(out, template='plain')
-    assert hf.moca is not None
+    assert list(hf.plugins) == ['moca']  # re-attached through the plug-in protocol
     rows = list(iter_modality_hidden_states(model, probe))
     for (va, ta), (vb, tb) in zip(rows, iter_modality_hidden_states(hf, probe)):
         for x, y in zip(va + ta, vb + tb):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
-    # control: the same export without its MoCa files gives different vision rows
+    # a recorded plug-in whose files are gone is an error, not a silently uncalibrated model
     (out / MOCA_WEIGHTS_NAME).unlink()
+    with pytest.raises(FileNotFoundError, match="plug-in 'moca' .* files \\['moca.safetensors'\\] are missing"):
+        HFLlavaModel.from_pretrained(out, template='plain')
+    # control: the same export without MoCa recorded gives different vision rows
+    info_file = out / 'mllm_align_export.json'
+    info = json.loads(info_file.read_text())
+    info['plugins'] = []
+    info_file.write_text(json.dumps(info))
     plain = HFLlavaModel.from_pretrained(out, template='plain')
-    assert plain.moca is None
+    assert not plain.plugins
     (va, _), (vb, _) = rows[0], next(iter(iter_modality_hidden_states(plain, probe)))
     assert max((x - y).abs().max().item() for x, y in zip(va, vb)) > 1e-2

@@ -186,12 +186,12 @@ def test_kept_logits_path_equals_full_logits(model_dirs, lora):
     kwargs = dict(llm_lora=dict(r=4, lora_alpha=8, target_modules=['q_proj', 'v_proj'])) if lora else {}
     torch.manual_seed(0)
     model = _model(model_dirs, **kwargs)
-    assert model._logits_to_keep
+    assert model.supports_logits_to_keep
     data = _batch()
     seen = []
     model.llm.register_forward_hook(lambda m, a, kw, out: seen.append(out.logits.shape), with_kwargs=True)
     fast, fast_grads = _loss_and_grads(model, data)
-    model._logits_to_keep = False
+    model.supports_logits_to_keep = False
     full, full_grads = _loss_and_grads(model, data)
     # positions 5, 6 (sample 0 predicts 6, 7) and 1 (sample 1 predicts 9) of the 8-long spliced batch
     assert seen == [(2, 3, 64), (2, 8, 64)]

@@ -66,3 +66,34 @@ def test_gradient_flows_into_image_features():
     out = splice_image_features(ids, torch.ones_like(ids), _IdEmbed(), feats)
     out.inputs_embeds.sum().backward()
     assert torch.equal(feats.grad, torch.ones_like(feats))
+
+
+def test_images_with_different_token_counts_splice_in_order():
+    # Sample 0: text, image A (3 rows), text; sample 1: image B (1 row), text, image C (2 rows).
+    ids = torch.tensor([[5, IMG, 6, 0], [IMG, 7, IMG, 8]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    feats = [torch.full((3, 1), 100.), torch.full((1, 1), 200.), torch.tensor([[301.], [302.]])]
+    out = splice_image_features(ids, mask, _IdEmbed(), feats, labels=ids.clone())
+    # Hand-worked: row 0 = 5, A, A, A, 6 (its pad dropped); row 1 = B, 7, C1, C2, 8. Both length 5.
+    expected0 = [5., 100., 100., 100., 6.]
+    expected1 = [200., 7., 301., 302., 8.]
+    assert out.inputs_embeds[..., 0].tolist() == [expected0, expected1]
+    assert out.image_mask.tolist() == [[False, True, True, True, False],
+                                       [True, False, True, True, False]]
+    assert out.attention_mask.sum(1).tolist() == [5, 5]
+    assert out.labels[0].tolist()[:5] == [5, IGN, IGN, IGN, 6]
+
+
+def test_list_of_equal_images_matches_the_stacked_tensor():
+    ids = torch.tensor([[1, IMG, 2, IMG]])
+    stacked = torch.randn(2, 3, 4)
+    embed = torch.nn.Embedding(10, 4)
+    a = splice_image_features(ids, torch.ones_like(ids), embed, stacked)
+    b = splice_image_features(ids, torch.ones_like(ids), embed, list(stacked.unbind(0)))
+    assert torch.equal(a.inputs_embeds, b.inputs_embeds) and torch.equal(a.image_mask, b.image_mask)
+
+
+def test_count_mismatch_names_the_sample():
+    ids = torch.tensor([[1, 2], [IMG, IMG]])
+    with pytest.raises(ValueError, match="sample 'b': 2"):
+        splice_image_features(ids, torch.ones_like(ids), _IdEmbed(), [torch.zeros(1, 1)], sample_ids=['a', 'b'])

@@ -38,55 +38,90 @@ def test_crash_hook_from_env(monkeypatch):
     assert fi.crash_hook_from_env() == dict(type='SimulatedCrashHook', at_iter=5, target='all')
     monkeypatch.setenv(fi.CRASH_RANK_ENV, 'launcher')
     assert fi.crash_hook_from_env()['target'] == 'launcher'
+    assert fi.crash_hook_from_env({fi.CRASH_ENV: '2'}) == dict(type='SimulatedCrashHook', at_iter=2, target='all')
     monkeypatch.setenv(fi.CRASH_ENV, 'five')
     with pytest.raises(ValueError, match="MLLM_ALIGN_CRASH_AT_ITER='five'"):
         fi.crash_hook_from_env()
-    with pytest.raises(ValueError, match="MLLM_ALIGN_CRASH_RANK='rank1'"):
+    with pytest.raises(ValueError, match="target='rank1' .MLLM_ALIGN_CRASH_RANK."):
         fi.SimulatedCrashHook(2, 'rank1')
     with pytest.raises(ValueError, match='>= 1'):
         fi.SimulatedCrashHook(0)
 
 
-def test_enospc_fault_on_matching_checkpoints_and_rank(monkeypatch, tmp_path):
-    from mllm_align.engine.checkpoint import _atomic_write
-    monkeypatch.delenv(fi.CKPT_FAULT_ENV, raising=False)
-    fi.checkpoint_write_fault(tmp_path / 'iter_4.pth')  # unset: no-op
-    monkeypatch.setenv(fi.CKPT_FAULT_ENV, 'enospc:iter_4.pth')
-    monkeypatch.setenv('RANK', '0')
-    fi.checkpoint_write_fault(tmp_path / 'iter_2.pth')  # another file: no-op
-    with pytest.raises(OSError) as info:
-        _atomic_write(b'x' * 1000, tmp_path / 'iter_4.pth')
-    assert info.value.errno == errno.ENOSPC and 'iter_4.pth' in str(info.value)
-    assert list(tmp_path.iterdir()) == []  # the temp file is removed, nothing committed
-    monkeypatch.setenv(fi.FAULT_RANK_ENV, '1')
-    _atomic_write(b'ok', tmp_path / 'iter_4.pth')  # rank 0 is spared
-    assert (tmp_path / 'iter_4.pth').read_bytes() == b'ok'
-    monkeypatch.setenv(fi.CKPT_FAULT_ENV, 'explode:iter_4.pth')
+def test_checkpoint_fault_hook_from_env():
+    assert fi.checkpoint_fault_hook_from_env({}) is None
+    assert fi.checkpoint_fault_hook_from_env({fi.CKPT_FAULT_ENV: 'enospc:iter_4.pth', fi.FAULT_RANK_ENV: '0'}) == dict(
+        type='CheckpointWriteFaultHook', action='enospc', pattern='iter_4.pth', fault_dir=None, rank=0)
+    assert fi.checkpoint_fault_hook_from_env({fi.CKPT_FAULT_ENV: 'pause:iter_*.pth', fi.FAULT_DIR_ENV: '/f'}) == dict(
+        type='CheckpointWriteFaultHook', action='pause', pattern='iter_*.pth', fault_dir='/f', rank=None)
     with pytest.raises(ValueError, match="'pause:PATTERN' or 'enospc:PATTERN'"):
-        fi.checkpoint_write_fault(tmp_path / 'iter_4.pth')
+        fi.checkpoint_fault_hook_from_env({fi.CKPT_FAULT_ENV: 'explode:iter_4.pth'})
+    with pytest.raises(ValueError, match='needs MLLM_ALIGN_FAULT_DIR'):
+        fi.checkpoint_fault_hook_from_env({fi.CKPT_FAULT_ENV: 'pause:iter_4.pth'})
+    with pytest.raises(ValueError, match="MLLM_ALIGN_FAULT_RANK='r0'"):
+        fi.checkpoint_fault_hook_from_env({fi.CKPT_FAULT_ENV: 'enospc:iter_4.pth', fi.FAULT_RANK_ENV: 'r0'})
+    both = fi.fault_hooks_from_env({fi.CRASH_ENV: '3', fi.CKPT_FAULT_ENV: 'enospc:iter_4.pth'})
+    assert [h['type'] for h in both] == ['SimulatedCrashHook', 'CheckpointWriteFaultHook']
+    assert fi.fault_hooks_from_env({}) == []
+
+
+def test_enospc_fault_on_matching_checkpoints_and_rank(monkeypatch, tmp_path):
+    from mllm_align.engine.checkpoint import _atomic_write, checkpoint_write_hook
+    monkeypatch.setenv('RANK', '0')
+    fault = fi.CheckpointWriteFault('enospc', 'iter_4.pth')
+    fault(tmp_path / 'iter_2.pth')  # another file: no-op
+    with pytest.raises(OSError) as info:
+        fault(tmp_path / 'iter_4.pth')
+    assert info.value.errno == errno.ENOSPC
+    _atomic_write(b'x', tmp_path / 'iter_4.pth')  # not registered: no fault
+    (tmp_path / 'iter_4.pth').unlink()
+    with checkpoint_write_hook(fault):
+        with pytest.raises(OSError) as info:
+            _atomic_write(b'x' * 1000, tmp_path / 'iter_4.pth')
+        assert info.value.errno == errno.ENOSPC and 'iter_4.pth' in str(info.value)
+        assert list(tmp_path.iterdir()) == []  # the temp file is removed, nothing committed
+        _atomic_write(b'two', tmp_path / 'iter_2.pth')  # another name is written
+    with checkpoint_write_hook(fi.CheckpointWriteFault('enospc', 'iter_4.pth', rank=1)):
+        _atomic_write(b'ok', tmp_path / 'iter_4.pth')  # rank 0 is spared
+    assert (tmp_path / 'iter_4.pth').read_bytes() == b'ok' and (tmp_path / 'iter_2.pth').read_bytes() == b'two'
+    with pytest.raises(ValueError, match="'pause:PATTERN' or 'enospc:PATTERN'"):
+        fi.CheckpointWriteFault('explode', 'iter_4.pth')
+
+
+def test_fault_hook_registers_for_the_run_only(monkeypatch, tmp_path):
+    from mllm_align.engine import checkpoint
+    monkeypatch.setenv('RANK', '0')
+    hook = fi.CheckpointWriteFaultHook('enospc', 'iter_*.pth')
+    checkpoint.run_checkpoint_write_hooks(tmp_path / 'iter_2.pth')  # before the run: nothing registered
+    hook.before_run(None)
+    hook.before_run(None)  # registering twice is a no-op
+    assert checkpoint._write_hooks.count(hook.fault) == 1
+    with pytest.raises(OSError):
+        checkpoint.run_checkpoint_write_hooks(tmp_path / 'iter_2.pth')
+    hook.after_run(None)
+    assert hook.fault not in checkpoint._write_hooks
+    checkpoint.run_checkpoint_write_hooks(tmp_path / 'iter_2.pth')
 
 
 def test_pause_fault_holds_the_write_until_released(monkeypatch, tmp_path):
-    from mllm_align.engine.checkpoint import _atomic_write
+    from mllm_align.engine.checkpoint import _atomic_write, checkpoint_write_hook
     work, faults = tmp_path / 'work', tmp_path / 'faults'
-    monkeypatch.setenv(fi.CKPT_FAULT_ENV, 'pause:iter_*.pth')
-    monkeypatch.delenv(fi.FAULT_DIR_ENV, raising=False)
     with pytest.raises(ValueError, match='needs MLLM_ALIGN_FAULT_DIR'):
-        fi.checkpoint_write_fault(work / 'iter_2.pth')
-    monkeypatch.setenv(fi.FAULT_DIR_ENV, str(faults))
+        fi.CheckpointWriteFault('pause', 'iter_*.pth')
     monkeypatch.setenv('RANK', '0')
-    writer = threading.Thread(target=_atomic_write, args=(b'w' * 100, work / 'iter_2.pth'))
-    writer.start()
-    marker = faults / 'paused.iter_2.pth.rank0'
-    for _ in range(200):
-        if marker.exists():
-            break
-        writer.join(0.05)
-    assert marker.exists() and writer.is_alive()
-    # Mid-write: the bytes sit in a hidden temp file, the checkpoint does not exist yet.
-    assert [p.name.endswith('.tmp') and p.name.startswith('.iter_2.pth.') for p in work.iterdir()] == [True]
-    (faults / fi.RELEASE_FILE).touch()
-    writer.join(10)
+    with checkpoint_write_hook(fi.CheckpointWriteFault('pause', 'iter_*.pth', fault_dir=faults)):
+        writer = threading.Thread(target=_atomic_write, args=(b'w' * 100, work / 'iter_2.pth'))
+        writer.start()
+        marker = faults / 'paused.iter_2.pth.rank0'
+        for _ in range(200):
+            if marker.exists():
+                break
+            writer.join(0.05)
+        assert marker.exists() and writer.is_alive()
+        # Mid-write: the bytes sit in a hidden temp file, the checkpoint does not exist yet.
+        assert [p.name.endswith('.tmp') and p.name.startswith('.iter_2.pth.') for p in work.iterdir()] == [True]
+        (faults / fi.RELEASE_FILE).touch()
+        writer.join(10)
     assert not writer.is_alive()
     assert [p.name for p in work.iterdir()] == ['iter_2.pth']
 

@@ -125,9 +125,11 @@ def test_vision_tower_loads_and_matches_processor(assets: TinyAssets, kind: str)
 
 
 def test_summary_rows(assets: TinyAssets) -> None:
+    from mllm_align.testing.tiny_assets import build_tiny_qwen2_vl
+    build_tiny_qwen2_vl(assets.root)  # a no-op when built: the row is listed once the directory exists
     rows = {row['name']: row for row in summarize_tiny_assets(assets)}
     assert set(rows) == {*(f'llm/{k}' for k in LLM_KINDS), *(f'vision/{k}' for k in VISION_KINDS),
-                         'shapes'}
+                         'shapes', 'qwen2_vl'}
     model = AutoModelForCausalLM.from_pretrained(assets.llm_llama)
     assert rows['llm/llama']['params'] == sum(p.numel() for p in model.parameters())
     assert '16 patches' in rows['vision/clip']['detail']
@@ -342,3 +344,49 @@ def test_generate_shapes_rejects_bad_sizes(tmp_path: Path) -> None:
         shapes.generate_shapes(tmp_path, image_size=8)
     with pytest.raises(ValueError, match='num_train'):
         shapes.generate_shapes(tmp_path, num_train=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny Qwen2-VL (own stamp)
+# ----------------------------------------------------------------------------------------------
+def test_tiny_qwen2_vl_loads_with_hf_and_is_reused(assets: TinyAssets) -> None:
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from mllm_align.testing.tiny_assets import build_tiny_qwen2_vl
+    from mllm_align.testing.tiny_tokenizer import QWEN2_VL_CHAT_TEMPLATE, QWEN2_VL_SPECIAL_TOKENS
+
+    path = build_tiny_qwen2_vl(assets.root)
+    assert path == assets.qwen2_vl
+    stamp = (path / tiny_assets.STAMP_NAME).read_bytes()
+    main_stamp = (assets.root / tiny_assets.STAMP_NAME).read_bytes()
+    assert build_tiny_qwen2_vl(assets.root) == path  # reused: neither stamp rewritten
+    assert (path / tiny_assets.STAMP_NAME).read_bytes() == stamp
+    assert (assets.root / tiny_assets.STAMP_NAME).read_bytes() == main_stamp
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    processor = AutoImageProcessor.from_pretrained(path, use_fast=False)
+    config = model.config
+    assert tokenizer.chat_template == QWEN2_VL_CHAT_TEMPLATE
+    for token in QWEN2_VL_SPECIAL_TOKENS:
+        assert tokenizer.encode(token, add_special_tokens=False) == [tokenizer.convert_tokens_to_ids(token)]
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids('<|image_pad|>')
+    assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids('<|vision_start|>')
+    assert config.text_config.vocab_size == len(tokenizer) and config.text_config.hidden_size == 64
+    assert config.text_config.num_hidden_layers == 2 and config.vision_config.depth == 2
+    assert sum(config.text_config.rope_scaling['mrope_section']) * 2 == 64 // 4  # head_dim / 2 frequencies
+    assert (processor.patch_size, processor.merge_size) == (config.vision_config.patch_size,
+                                                            config.vision_config.spatial_merge_size)
+    shape = Image.open(next((assets.shapes_root / shapes.IMAGE_DIR).glob('*.png')))
+    out = processor(images=[shape], return_tensors='pt')
+    assert out['image_grid_thw'].tolist() == [[1, 8, 8]]  # 64² shape image → 32² → 16 tokens after the merge
+    text = tokenizer.apply_chat_template([{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text',
+                                                                                          'text': 'Colour?'}]}],
+                                         tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text.replace('<|image_pad|>', '<|image_pad|>' * 16), return_tensors='pt').input_ids
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=out['pixel_values'], image_grid_thw=out['image_grid_thw']).logits
+    assert logits.shape == (1, ids.shape[1], len(tokenizer)) and torch.isfinite(logits).all()
+    assert GenerationConfig.from_pretrained(path).eos_token_id == tokenizer.convert_tokens_to_ids(
+        ['<|im_end|>', '<|endoftext|>'])
+    rows = {row['name']: row for row in summarize_tiny_assets(assets)}
+    assert rows['qwen2_vl']['detail'].startswith('Qwen2VLForConditionalGeneration')

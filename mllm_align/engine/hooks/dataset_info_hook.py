@@ -72,7 +72,7 @@ class DatasetInfoHook(Hook):
     priority = 'LOWEST'
 
     def __init__(self, tokenizer: Any = None, sample_index: int = 0, interval: int = 1000) -> None:
-        from ...models.llava import build_module
+        from ...models.base import build_module
         if not isinstance(interval, int) or interval < 0:
             raise ValueError(f'DatasetInfoHook interval must be an int >= 0, got {interval!r}.')
         self.tokenizer = build_module(tokenizer)

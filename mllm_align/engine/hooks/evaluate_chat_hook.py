@@ -12,7 +12,7 @@ from mmengine.registry import HOOKS
 
 from ...constants import DEFAULT_IMAGE_TOKEN
 from ...data.image_loading import load_image
-from ...data.image_processing import process_images
+from ...data.image_processing import process_image_inputs
 from ...data.templates import build_generation_prompt
 
 
@@ -25,7 +25,8 @@ class EvaluateChatHook(Hook):
     restores train mode in a ``finally`` block.
 
     Args:
-        image_processor: the vision tower's image processor (or its config dict).
+        image_processor: the base's image processor (or its config dict): fixed-size (CLIP, SigLIP) or
+            patch-grid (Qwen2-VL).
         evaluation_images: local image paths, one per question (or one for all).
         evaluation_inputs: the questions.
         every_n_iters: how often to generate.
@@ -38,7 +39,7 @@ class EvaluateChatHook(Hook):
     def __init__(self, image_processor: Any, evaluation_images: Sequence[str],
                  evaluation_inputs: Sequence[str], every_n_iters: int = 500,
                  system: str | None = None, pad_image_to_square: bool = True) -> None:
-        from ...models.llava import build_module
+        from ...models.base import build_module
         if len(evaluation_images) not in (1, len(evaluation_inputs)):
             raise ValueError(f'EvaluateChatHook: {len(evaluation_images)} images for '
                              f'{len(evaluation_inputs)} questions; give one image per question or one for all.')
@@ -66,10 +67,12 @@ class EvaluateChatHook(Hook):
                 for path, question in zip(self.images, self.inputs):
                     conv = [{'from': 'human', 'value': f'{DEFAULT_IMAGE_TOKEN}\n{question}'}]
                     ids = build_generation_prompt(conv, model.tokenizer, model.template, system=self.system)
-                    pixels = process_images([load_image(path)], self.image_processor, self.pad_image_to_square)
+                    # pixel_values (and Qwen2-VL's image_grid_thw): fixed-size and patch-grid processors alike
+                    images = process_image_inputs([load_image(path)], self.image_processor,
+                                                  self.pad_image_to_square)
                     data = dict(input_ids=torch.tensor([ids], device=device),
                                 attention_mask=torch.ones(1, len(ids), dtype=torch.bool, device=device),
-                                pixel_values=pixels.to(device))
+                                **{k: v.to(device) for k, v in images.items()})
                     answer = model.predict(data)[0]['prediction']
                     records.append(dict(iter=runner.iter, tag=tag, image=path, question=question, answer=answer))
         finally:

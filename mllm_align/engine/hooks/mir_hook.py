@@ -117,9 +117,8 @@ class MIRHook(Hook):
     # ------------------------------------------------------------------ setup
     def _build_probe(self, runner: Any) -> MIRProbe:
         from ...data.mir_probe import build_mir_probe
-        from ...models.export import image_processor_from_config
-        from ...models.llava import build_module
-        from ..mir_eval import default_probe_sources
+        from ...models.base import build_module
+        from ..build import default_probe_sources, image_processor_from_config
         cfg = getattr(runner, 'cfg', None)
         images, image_folder = self.images, self.image_folder
         if images is None:

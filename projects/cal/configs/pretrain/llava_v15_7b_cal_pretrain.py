@@ -3,70 +3,26 @@
 CAL (Xiao et al., "Seeing the Image: Prioritizing Visual Correlation by Contrastive Alignment",
 NeurIPS 2024, arXiv:2405.17871; ``mllm_align/align/cal.py``) re-weights each caption token by how much
 the image raises its logit (a second, no-grad LLM pass without the image). Otherwise the LLaVA-1.5
-recipe of ``projects/llava/configs/pretrain/llava_v15_7b_pretrain.py``:
-
-Vicuna-7B-v1.5 + CLIP ViT-L/14-336 (penultimate layer, patch tokens) + mlp2x_gelu projector;
-only the projector trains. Global batch 256 (8 GPUs × 32), lr 1e-3, cosine with 3 % warm-up,
-1 epoch (≈2181 iterations), bf16, 2048 tokens (Liu et al., "Improved Baselines with Visual
-Instruction Tuning", Table 9).
+recipe of ``projects/llava/configs/pretrain/llava_v15_7b_pretrain.py`` (inherited): only the
+projector trains; global batch 256 (8 GPUs × 32), lr 1e-3, cosine with 3 % warm-up, 1 epoch
+(≈2181 iterations), bf16, 2048 tokens.
 
     bash tools/dist.sh train projects/cal/configs/pretrain/llava_v15_7b_cal_pretrain.py 8 --deepspeed deepspeed_zero2
 
-Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
-``llava_v15_7b_cal_pretrain_tiny_cpu.py``.
-"""
+Edit the base recipe's PART 1 paths (or pass them with ``--cfg-options``). Tiny CPU twin:
+``llava_v15_7b_cal_pretrain_tiny_cpu.py``. With MoCa as well: ``llava_v15_7b_moca_cal_pretrain.py``.
+"""  # noqa: E501 (the launch command stays on one line to copy and paste)
+# ruff: noqa: F403, F405 (the base recipe's names come from the read_base() chain)
 from mmengine.config import read_base
-from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
-from torch.optim import AdamW
 
 from mllm_align.align import CAL
-from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
-from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook, MIRHook
-from mllm_align.engine.loops import TrainLoop
-from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
 
 with read_base():
-    from ...._base_.default_runtime import *  # noqa: F401,F403
+    from ....llava.configs.pretrain.llava_v15_7b_pretrain import *  # the base recipe, PART 1-5
 
 #######################################################################
 #                          PART 1  Settings                           #
 #######################################################################
-llm_name_or_path = 'models/vicuna-7b-v1.5'
-visual_encoder_name_or_path = 'models/clip-vit-large-patch14-336'
-data_root = 'data/llava_data/'
-data_path = data_root + 'LLaVA-Pretrain/blip_laion_cc_sbu_558k.json'
-image_folder = data_root + 'LLaVA-Pretrain/images'
-template = 'plain'  # pre-training: image then caption, no chat scaffolding
-max_length = 2048  # tokens after splicing (576 image tokens + text)
-num_image_tokens = 576  # (336 / 14) ** 2 patch tokens per image; CLS dropped
-llm_dtype = 'bfloat16'
-attn_implementation = 'flash_attention_2'  # 'sdpa' if flash-attn is not installed
-
-batch_size = 32  # per device; 8 devices → global 256
-accumulative_counts = 1
-dataloader_num_workers = 4
-max_epochs = 1
-lr = 1e-3
-betas = (0.9, 0.999)
-weight_decay = 0
-max_norm = 1  # gradient clipping
-warmup_ratio = 0.03
-on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
-
-save_steps = 500
-save_total_limit = -1  # keep every iteration: MIR scores them later (a few MB each)
-save_optimizer = True  # needed for exact --resume
-
-# Chat samples during training (EvaluateChatHook): any local images and questions.
-evaluation_freq = 500
-evaluation_images = [data_root + 'eval_images/view.jpg']
-evaluation_inputs = ['Please describe this picture.', 'What is unusual about this image?']
-
-# MIR tracked during training (MIRHook): probe images from the training data, text from
-# data/mir_texts/ (or point `texts` at CNN/DailyMail .story files as in the paper).
-mir_interval = 500
-mir_eval_num = 20
-
 # CAL (mllm_align/align/cal.py): token weights w = AvgPool_window(clamp(Δ, alpha, beta)), Δ the gold-token
 # logit with the image minus without it. Paper/seed values; active in both stages as in the seed.
 cal_alpha = 1.0  # weight floor: tokens the image does not help keep weight 1
@@ -78,75 +34,7 @@ cal_no_image_pass = 'drop'  # image tokens dropped, positions kept; 'mask' = the
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
 #######################################################################
-tokenizer = dict(type=load_tokenizer, path=llm_name_or_path)
-image_processor = dict(type=load_image_processor, path=visual_encoder_name_or_path)
-
-model = dict(
-    type=LLaVAModel,
-    llm=dict(type=load_llm, path=llm_name_or_path, dtype=llm_dtype,
-             attn_implementation=attn_implementation),
-    visual_encoder=dict(type=VisionTower, path=visual_encoder_name_or_path, select_layer=-2,
-                        select_feature='patch', dtype=llm_dtype),
-    projector=dict(type='mlp2x_gelu'),
-    tokenizer=tokenizer,
-    template=template,
-    cal=dict(type=CAL, alpha=cal_alpha, beta=cal_beta, window=cal_window, pooling=cal_pooling,
-             no_image_pass=cal_no_image_pass),
-    freeze_llm=True,
-    freeze_visual_encoder=True)
-
-#######################################################################
-#                  PART 3  Dataset & Dataloader                       #
-#######################################################################
-train_dataset = dict(
-    type=LLaVADataset,
-    data_path=data_path,
-    image_folder=image_folder,
-    tokenizer=tokenizer,
-    template=template,
-    image_processor=image_processor,
-    max_length=max_length,
-    num_image_tokens=num_image_tokens,
-    on_bad_sample=on_bad_sample)
-
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,
-    persistent_workers=dataloader_num_workers > 0,
-    dataset=train_dataset,
-    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
-    collate_fn=dict(type=llava_collate_fn))
-
-#######################################################################
-#                    PART 4  Scheduler & Optimizer                    #
-#######################################################################
-optim_wrapper = dict(
-    type=AmpOptimWrapper,
-    optimizer=dict(type=AdamW, lr=lr, betas=betas, weight_decay=weight_decay),
-    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
-    accumulative_counts=accumulative_counts,
-    loss_scale='dynamic',
-    dtype='bfloat16')
-
-param_scheduler = [
-    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs,
-         convert_to_iter_based=True),
-    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs,
-         end=max_epochs, convert_to_iter_based=True),
-]
-
-train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
-
-#######################################################################
-#                           PART 5  Runtime                           #
-#######################################################################
-default_hooks.update(  # noqa: F405
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps,  # noqa: F405
-                    max_keep_ckpts=save_total_limit, save_optimizer=save_optimizer))
-custom_hooks = [
-    dict(type=DatasetInfoHook),
-    dict(type=EvaluateChatHook, image_processor=image_processor, evaluation_images=evaluation_images,
-         evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq),
-    dict(type=MIRHook, interval=mir_interval, eval_num=mir_eval_num, images=data_path,
-         image_folder=image_folder, image_processor=image_processor),
-]
+# The method's block, named so that the tiny twin and the recipes built on this one import it.
+cal_plugins = dict(cal=dict(type=CAL, alpha=cal_alpha, beta=cal_beta, window=cal_window, pooling=cal_pooling,
+                            no_image_pass=cal_no_image_pass))
+model.plugins.update(cal_plugins)

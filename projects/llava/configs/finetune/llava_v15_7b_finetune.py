@@ -7,7 +7,9 @@ tower stays frozen. Global batch 128 (8 GPUs × 16), lr 2e-5, cosine with 3 % wa
 
     bash tools/dist.sh train projects/llava/configs/finetune/llava_v15_7b_finetune.py 8 --deepspeed deepspeed_zero3
 
-Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
+Written in full: the method recipes (``projects/moca``, ``projects/cal``, ``projects/visual_words``)
+inherit it with ``read_base()`` and state only their own block. Edit PART 1 paths to your local
+copies (see data/README.md). Tiny CPU twin:
 ``llava_v15_7b_finetune_tiny_cpu.py``.
 """
 from mmengine.config import read_base
@@ -76,7 +78,8 @@ model = dict(
     freeze_llm=False,
     freeze_visual_encoder=True,
     gradient_checkpointing=True,
-    pretrained_pth=pretrained_pth)
+    pretrained_pth=pretrained_pth,
+    plugins=dict())  # alignment plug-ins, applied in this order; method recipes add theirs (MoCa, CAL, …)
 
 #######################################################################
 #                  PART 3  Dataset & Dataloader                       #

@@ -1,131 +1,45 @@
-"""Tiny CPU twin of ``llava_v15_7b_finetune.py``: same five parts, tiny models, fp32.
+"""Tiny CPU twin of ``llava_v15_7b_finetune.py``: that recipe with tiny models, fp32.
 
-Runs in about a minute on a laptop CPU and is what the README's demo and the tests train:
-
-    python tools/build_tiny_assets.py   # once: tiny LLaMA + CLIP + shapes dataset in data/tiny/
-    bash tools/dist.sh train projects/llava/configs/finetune/llava_v15_7b_finetune_tiny_cpu.py 2 \
+    bash tools/dist.sh train projects/llava/configs/finetune/llava_v15_7b_finetune_tiny_cpu.py 2 \\
         --cfg-options model.pretrained_pth=work_dirs/llava_v15_7b_pretrain_tiny_cpu/iter_75.pth
 
-Differences from the real recipe: tiny local models, fp32, plain OptimWrapper, lr 2e-4,
-16 image tokens, 256-token budget, 2 processes × batch 8.
+Differences from the real recipe (values in ``projects/_base_/tiny_cpu.py``): tiny local models and
+data (the Vicuna-style tiny LLM, multi-turn shapes Q&A), fp32, plain OptimWrapper, lr 2e-4, no
+stage-1 checkpoint unless given, 16 image tokens, 256-token budget, 2 processes × batch 8, 10 %
+warm-up, a checkpoint every 5 iterations (all kept), short chat samples. ``tests/test_configs.py``
+checks that nothing else differs. The twins of the SFT method recipes (MoCa, CAL, visual words) import
+this twin and add their method's blocks from their recipe.
 """
+# ruff: noqa: F403, F405, I001 (names from the read_base() chain; the recipe first, then tiny_cpu.py rebinds)
 from mmengine.config import read_base
-from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
-from torch.optim import AdamW
-
-from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
-from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook
-from mllm_align.engine.loops import TrainLoop
-from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
+from mmengine.optim import OptimWrapper
 
 with read_base():
-    from ...._base_.default_runtime import *  # noqa: F401,F403
+    from .llava_v15_7b_finetune import *  # the real recipe
+    from ...._base_.tiny_cpu import *  # tiny paths, sizes and precision (rebinds the recipe's PART 1)
 
-#######################################################################
-#                          PART 1  Settings                           #
-#######################################################################
-data_root = 'data/tiny/'  # built by tools/build_tiny_assets.py
-llm_name_or_path = data_root + 'llm/vicuna'  # LLaMA-2-style tokenizer, as Vicuna
-visual_encoder_name_or_path = data_root + 'vision/clip'
-data_path = data_root + 'shapes/sft.json'  # multi-turn Q&A, text-only and two-image samples
-image_folder = data_root + 'shapes'
-template = 'vicuna_v1'
-# The stage-1 output this run starts from; None trains the projector from scratch too.
-pretrained_pth = None
-max_length = 256  # tokens after splicing (16 image tokens + text)
-num_image_tokens = 16  # (32 / 8) ** 2 patch tokens of the tiny CLIP; CLS dropped
-llm_dtype = 'float32'
-attn_implementation = 'sdpa'
+llm_name_or_path = vicuna_llm_name_or_path
+data_path = sft_data_path
+evaluation_inputs = sft_evaluation_inputs
+lr = sft_lr
+pretrained_pth = None  # the stage-1 output this run starts from; None trains the projector from scratch too
 
-batch_size = 8  # per process; 2 processes → global 16
-accumulative_counts = 1
-dataloader_num_workers = 0
-max_epochs = 1
-lr = 2e-4  # the 7B recipe's 2e-5 barely moves a tiny random model
-betas = (0.9, 0.999)
-weight_decay = 0
-max_norm = 1  # gradient clipping
-warmup_ratio = 0.1  # ≥ 2 warm-up iterations at 38 iterations per epoch (2 processes)
-on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
-
-save_steps = 5
-save_total_limit = -1  # keep every iteration: the demo scores each with MIR
-save_optimizer = True  # needed for exact --resume
-
-# Chat samples during training (EvaluateChatHook): local images and questions.
-evaluation_freq = 40
-evaluation_images = [data_root + 'shapes/images/eval_000000.png', data_root + 'shapes/images/eval_000001.png']
-evaluation_inputs = ['What colour is the shape?', 'Where is the shape?']
-
-#######################################################################
-#            PART 2  Model & Tokenizer & Image Processor              #
-#######################################################################
-tokenizer = dict(type=load_tokenizer, path=llm_name_or_path)
-image_processor = dict(type=load_image_processor, path=visual_encoder_name_or_path)
-
-model = dict(
-    type=LLaVAModel,
-    llm=dict(type=load_llm, path=llm_name_or_path, dtype=llm_dtype,
-             attn_implementation=attn_implementation),
-    visual_encoder=dict(type=VisionTower, path=visual_encoder_name_or_path, select_layer=-2,
-                        select_feature='patch', dtype=llm_dtype),
-    projector=dict(type='mlp2x_gelu'),
-    tokenizer=tokenizer,
-    template=template,
-    max_new_tokens=16,  # chat samples: short answers keep the CPU run quick
-    freeze_llm=False,
-    freeze_visual_encoder=True,
-    gradient_checkpointing=True,
-    pretrained_pth=pretrained_pth)
-
-#######################################################################
-#                  PART 3  Dataset & Dataloader                       #
-#######################################################################
-train_dataset = dict(
-    type=LLaVADataset,
-    data_path=data_path,
-    image_folder=image_folder,
-    tokenizer=tokenizer,
-    template=template,
-    image_processor=image_processor,
-    max_length=max_length,
-    num_image_tokens=num_image_tokens,
-    on_bad_sample=on_bad_sample)
-
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,
-    persistent_workers=dataloader_num_workers > 0,
-    dataset=train_dataset,
-    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
-    collate_fn=dict(type=llava_collate_fn))
-
-#######################################################################
-#                    PART 4  Scheduler & Optimizer                    #
-#######################################################################
-optim_wrapper = dict(
-    type=OptimWrapper,  # fp32 on CPU (AmpOptimWrapper refuses CPU)
-    optimizer=dict(type=AdamW, lr=lr, betas=betas, weight_decay=weight_decay),
-    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
-    accumulative_counts=accumulative_counts)
-
-param_scheduler = [
-    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs,
-         convert_to_iter_based=True),
-    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs,
-         end=max_epochs, convert_to_iter_based=True),
-]
-
-train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
-
-#######################################################################
-#                           PART 5  Runtime                           #
-#######################################################################
-default_hooks.update(  # noqa: F405
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps,  # noqa: F405
-                    max_keep_ckpts=save_total_limit, save_optimizer=save_optimizer))
-custom_hooks = [
-    dict(type=DatasetInfoHook),
-    dict(type=EvaluateChatHook, image_processor=image_processor, evaluation_images=evaluation_images,
-         evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq),
-]
+# The recipe's fields that hold a PART 1 value, written again with the tiny ones.
+tokenizer.update(path=llm_name_or_path)
+image_processor.update(path=visual_encoder_name_or_path)
+model.update(llm=dict(path=llm_name_or_path, dtype=llm_dtype, attn_implementation=attn_implementation),
+             visual_encoder=dict(path=visual_encoder_name_or_path, dtype=llm_dtype), tokenizer=tokenizer,
+             max_new_tokens=max_new_tokens, pretrained_pth=pretrained_pth)
+train_dataset.update(data_path=data_path, image_folder=image_folder, tokenizer=tokenizer,
+                     image_processor=image_processor, max_length=max_length, num_image_tokens=num_image_tokens)
+train_dataloader.update(
+    batch_size=batch_size, num_workers=dataloader_num_workers, persistent_workers=dataloader_num_workers > 0,
+    sampler=dict(per_device_batch_size=batch_size * accumulative_counts), dataset=train_dataset)
+optim_wrapper.update(type=OptimWrapper, optimizer=dict(lr=lr))  # fp32 on CPU: AmpOptimWrapper refuses CPU
+optim_wrapper.pop('loss_scale')
+optim_wrapper.pop('dtype')
+param_scheduler[0].update(end=warmup_ratio * max_epochs)  # LinearLR warm-up
+param_scheduler[1].update(begin=warmup_ratio * max_epochs)  # cosine
+default_hooks.checkpoint.update(interval=save_steps, max_keep_ckpts=save_total_limit)
+custom_hooks[1].update(image_processor=image_processor, evaluation_images=evaluation_images,  # EvaluateChatHook
+                       evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq)

@@ -7,7 +7,9 @@ Instruction Tuning", Table 9).
 
     bash tools/dist.sh train projects/llava/configs/pretrain/llava_v15_7b_pretrain.py 8 --deepspeed deepspeed_zero2
 
-Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
+Written in full: the method recipes (``projects/moca``, ``projects/cal``, ``projects/visual_words``)
+inherit it with ``read_base()`` and state only their own block. Edit PART 1 paths to your local
+copies (see data/README.md). Tiny CPU twin:
 ``llava_v15_7b_pretrain_tiny_cpu.py``.
 """
 from mmengine.config import read_base
@@ -77,7 +79,8 @@ model = dict(
     tokenizer=tokenizer,
     template=template,
     freeze_llm=True,
-    freeze_visual_encoder=True)
+    freeze_visual_encoder=True,
+    plugins=dict())  # alignment plug-ins, applied in this order; method recipes add theirs (MoCa, CAL, …)
 
 #######################################################################
 #                  PART 3  Dataset & Dataloader                       #

@@ -1,146 +1,43 @@
 """LLaVA-1.5-7B stage 1 with MoCa: projector + MoCa pre-training on LCS-558K.
 
-The LLaVA-1.5 recipe (``projects/llava/configs/pretrain/llava_v15_7b_pretrain.py``) plus MoCa
-(Huang et al., "Deciphering Cross-Modal Alignment in Large Vision-Language Models with Modality
+The LLaVA-1.5 recipe (``projects/llava/configs/pretrain/llava_v15_7b_pretrain.py``, inherited) plus
+MoCa (Huang et al., "Deciphering Cross-Modal Alignment in Large Vision-Language Models with Modality
 Integration Rate", arXiv:2410.07167, MoCa): a per-layer affine map h ← u ⊙ h + v on vision tokens
 at the end of every LLM layer (``mllm_align/align/moca.py``), identity at init (the paper's
-``moca_std 0``). The LLM stays frozen; MoCa trains with the projector at lr 1e-3, without weight
-decay. Global batch 256 (8 GPUs × 32), cosine with 3 % warm-up, 1 epoch (≈2181 iterations), bf16.
+``moca_std 0``). The LLM stays frozen; MoCa is not part of it and trains with the projector at lr
+1e-3, without weight decay. Global batch 256 (8 GPUs × 32), cosine with 3 % warm-up, 1 epoch
+(≈2181 iterations), bf16.
 
     bash tools/dist.sh train projects/moca/configs/pretrain/llava_v15_7b_moca_pretrain.py 8 --deepspeed deepspeed_zero2
 
 ``iter_N.pth`` holds the projector and ``moca.u`` / ``moca.v``; the SFT config
-(``../finetune/llava_v15_7b_moca_finetune.py``) starts from it. Edit PART 1 paths to your local
-copies (see data/README.md). Tiny CPU twin: ``llava_v15_7b_moca_pretrain_tiny_cpu.py``.
-"""
+(``../finetune/llava_v15_7b_moca_finetune.py``) starts from it. Edit the base recipe's PART 1 paths
+(or pass them with ``--cfg-options``). Tiny CPU twin: ``llava_v15_7b_moca_pretrain_tiny_cpu.py``.
+"""  # noqa: E501 (the launch command stays on one line to copy and paste)
+# ruff: noqa: F403, F405 (the base recipe's names come from the read_base() chain)
 from mmengine.config import read_base
-from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
-from torch.optim import AdamW
 
 from mllm_align.align import MoCa
-from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
-from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook, MIRHook
-from mllm_align.engine.loops import TrainLoop
-from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
 
 with read_base():
-    from ...._base_.default_runtime import *  # noqa: F401,F403
+    from ....llava.configs.pretrain.llava_v15_7b_pretrain import *  # the base recipe, PART 1-5
 
 #######################################################################
 #                          PART 1  Settings                           #
 #######################################################################
-llm_name_or_path = 'models/vicuna-7b-v1.5'
-visual_encoder_name_or_path = 'models/clip-vit-large-patch14-336'
-data_root = 'data/llava_data/'
-data_path = data_root + 'LLaVA-Pretrain/blip_laion_cc_sbu_558k.json'
-image_folder = data_root + 'LLaVA-Pretrain/images'
-template = 'plain'  # pre-training: image then caption, no chat scaffolding
-max_length = 2048  # tokens after splicing (576 image tokens + text)
-num_image_tokens = 576  # (336 / 14) ** 2 patch tokens per image; CLS dropped
-llm_dtype = 'bfloat16'
-attn_implementation = 'flash_attention_2'  # 'sdpa' if flash-attn is not installed
-
-batch_size = 32  # per device; 8 devices → global 256
-accumulative_counts = 1
-dataloader_num_workers = 4
-max_epochs = 1
-lr = 1e-3
-betas = (0.9, 0.999)
-weight_decay = 0
-max_norm = 1  # gradient clipping
-warmup_ratio = 0.03
-on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
-
-save_steps = 500
-save_total_limit = -1  # keep every iteration: MIR scores them later (a few MB each)
-save_optimizer = True  # needed for exact --resume
-
-# Chat samples during training (EvaluateChatHook): any local images and questions.
-evaluation_freq = 500
-evaluation_images = [data_root + 'eval_images/view.jpg']
-evaluation_inputs = ['Please describe this picture.', 'What is unusual about this image?']
-
-# MIR tracked during training (MIRHook): probe images from the training data, text from
-# data/mir_texts/ (or point `texts` at CNN/DailyMail .story files as in the paper).
-mir_interval = 500
-mir_eval_num = 20
-
 # MoCa (mllm_align/align/moca.py)
 moca_init_std = 0.0  # std of noise on the identity init (u = 1, v = 0); 0 = outputs unchanged at init
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
 #######################################################################
-tokenizer = dict(type=load_tokenizer, path=llm_name_or_path)
-image_processor = dict(type=load_image_processor, path=visual_encoder_name_or_path)
-
-model = dict(
-    type=LLaVAModel,
-    llm=dict(type=load_llm, path=llm_name_or_path, dtype=llm_dtype,
-             attn_implementation=attn_implementation),
-    visual_encoder=dict(type=VisionTower, path=visual_encoder_name_or_path, select_layer=-2,
-                        select_feature='patch', dtype=llm_dtype),
-    projector=dict(type='mlp2x_gelu'),
-    tokenizer=tokenizer,
-    template=template,
-    freeze_llm=True,  # MoCa is not part of the LLM: it trains with the projector
-    freeze_visual_encoder=True,
-    moca=dict(type=MoCa, init_std=moca_init_std))
-
-#######################################################################
-#                  PART 3  Dataset & Dataloader                       #
-#######################################################################
-train_dataset = dict(
-    type=LLaVADataset,
-    data_path=data_path,
-    image_folder=image_folder,
-    tokenizer=tokenizer,
-    template=template,
-    image_processor=image_processor,
-    max_length=max_length,
-    num_image_tokens=num_image_tokens,
-    on_bad_sample=on_bad_sample)
-
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,
-    persistent_workers=dataloader_num_workers > 0,
-    dataset=train_dataset,
-    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
-    collate_fn=dict(type=llava_collate_fn))
+# The method's blocks, named so that the tiny twin and the recipes built on this one import them.
+moca_plugins = dict(moca=dict(type=MoCa, init_std=moca_init_std))
+model.plugins.update(moca_plugins)
 
 #######################################################################
 #                    PART 4  Scheduler & Optimizer                    #
 #######################################################################
-optim_wrapper = dict(
-    type=AmpOptimWrapper,
-    optimizer=dict(type=AdamW, lr=lr, betas=betas, weight_decay=weight_decay),
-    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
-    accumulative_counts=accumulative_counts,
-    loss_scale='dynamic',
-    dtype='bfloat16',
-    # No weight decay on MoCa's u, v (moca.u, moca.v), whatever weight_decay is set to.
-    paramwise_cfg=dict(custom_keys={'moca': dict(decay_mult=0.0)}))
-
-param_scheduler = [
-    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs,
-         convert_to_iter_based=True),
-    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs,
-         end=max_epochs, convert_to_iter_based=True),
-]
-
-train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
-
-#######################################################################
-#                           PART 5  Runtime                           #
-#######################################################################
-default_hooks.update(  # noqa: F405
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps,  # noqa: F405
-                    max_keep_ckpts=save_total_limit, save_optimizer=save_optimizer))
-custom_hooks = [
-    dict(type=DatasetInfoHook),
-    dict(type=EvaluateChatHook, image_processor=image_processor, evaluation_images=evaluation_images,
-         evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq),
-    dict(type=MIRHook, interval=mir_interval, eval_num=mir_eval_num, images=data_path,
-         image_folder=image_folder, image_processor=image_processor),
-]
+# No weight decay on MoCa's u, v (moca.u, moca.v), whatever weight_decay is set to.
+moca_paramwise_cfg = dict(custom_keys={'moca': dict(decay_mult=0.0)})
+optim_wrapper.update(paramwise_cfg=moca_paramwise_cfg)

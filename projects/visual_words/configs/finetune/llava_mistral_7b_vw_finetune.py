@@ -1,147 +1,38 @@
 """LLaVA-1.5-style stage 2 on Mistral-7B with visual words (VW-LMM-Mistral-7B).
 
-The LLaVA-1.5 SFT recipe with Mistral-7B-Instruct-v0.2 and the visual-word loss; starts from the
-Mistral stage-1 output (``pretrained_pth``: projector + ``vm_head``). Conversations use the
-``mistral`` template, the reference's ``mistral`` conversation format:
-``<s>[INST] {q} [/INST]{a}</s>[INST] …``, no system prompt; its token ids equal Mistral's own
+``llava_v15_7b_vw_finetune.py`` (inherited: the LLaVA-1.5 SFT recipe plus the visual-word loss) with
+Mistral-7B-Instruct-v0.2; starts from the Mistral stage-1 output (``pretrained_pth``: projector +
+``vm_head``). Conversations use the ``mistral`` template, the reference's ``mistral`` conversation
+format: ``<s>[INST] {q} [/INST]{a}</s>[INST] …``, no system prompt; its token ids equal Mistral's own
 tokenizer (mistral-common) for text-only chats, see ``mllm_align/data/templates.py``.
 
     bash tools/dist.sh train projects/visual_words/configs/finetune/llava_mistral_7b_vw_finetune.py 8 --deepspeed deepspeed_zero3
 
-ZeRO-3, as LLaVA's SFT (visual words gather ``vm_head`` and E under ZeRO-3: ``mllm_align/align/visual_words.py``;
-tested on CPU, not yet at 7B on GPUs); ``--deepspeed deepspeed_zero2`` works too.
-
-Edit PART 1 paths to your local copies (see data/README.md). Tiny CPU twin:
-``llava_mistral_7b_vw_finetune_tiny_cpu.py``.
+(or ``deepspeed_zero2``, see ``llava_v15_7b_vw_finetune.py``). Besides the LLM, the data and image paths are the
+base recipe's PART 1 (edit them or pass ``--cfg-options``); tiny CPU twin: ``llava_mistral_7b_vw_finetune_tiny_cpu.py``.
 """  # noqa: E501 (the launch command stays on one line to copy and paste)
+# ruff: noqa: F403, F405 (the recipe's names come from the read_base() chain)
 from mmengine.config import read_base
-from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
-from torch.optim import AdamW
-
-from mllm_align.align import VisualWords
-from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
-from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook
-from mllm_align.engine.loops import TrainLoop
-from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
 
 with read_base():
-    from ...._base_.default_runtime import *  # noqa: F401,F403
+    from .llava_v15_7b_vw_finetune import *  # visual words on LLaVA-1.5 SFT, PART 1-5
 
 #######################################################################
 #                          PART 1  Settings                           #
 #######################################################################
 llm_name_or_path = 'models/Mistral-7B-Instruct-v0.2'
-visual_encoder_name_or_path = 'models/clip-vit-large-patch14-336'
-data_root = 'data/llava_data/'
-data_path = data_root + 'LLaVA-Instruct-665K/llava_v1_5_mix665k.json'
-image_folder = data_root + 'llava_images'  # coco/ gqa/ ocr_vqa/ textvqa/ vg/
 template = 'mistral'  # [INST] q [/INST]a</s>, as the reference
 # The stage-1 output this run starts from (projector + vm_head; saved by llava_mistral_7b_vw_pretrain.py).
 pretrained_pth = 'work_dirs/llava_mistral_7b_vw_pretrain/iter_2181.pth'
-max_length = 2048  # tokens after splicing (576 image tokens + text)
-num_image_tokens = 576  # (336 / 14) ** 2 patch tokens per image; CLS dropped
-llm_dtype = 'bfloat16'
-attn_implementation = 'flash_attention_2'  # 'sdpa' if flash-attn is not installed
-
-# Visual words (mllm_align/align/visual_words.py): vm_head maps each image slot's projected feature to a
-# distribution q over the vocabulary; the LLM's logits one position earlier predict it (KL(q || p)).
-vw_weight = 1.0  # L = CE_text + vw_weight * L_vm (the reference adds them with 1.0)
-vw_detach_target = False  # as the reference; True: no gradient through the target q (see VisualWords)
-vw_pif = False  # True: pseudo image features F' = softmax(vm_head(F)) E replace F (VW-LMM-pif)
-vw_vm_head_init = 'normal'  # the reference's init N(0, 0.02); 'lm_head'/'embed_tokens' copy the LLM matrix
-
-batch_size = 16  # per device; 8 devices → global 128
-accumulative_counts = 1
-dataloader_num_workers = 4
-max_epochs = 1
-lr = 2e-5
-betas = (0.9, 0.999)
-weight_decay = 0
-max_norm = 1  # gradient clipping
-warmup_ratio = 0.03
-on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
-
-save_steps = 1000
-save_total_limit = 2  # full-LLM checkpoints are ~14 GB each
-save_optimizer = True  # needed for exact --resume
-
-# Chat samples during training (EvaluateChatHook): any local images and questions.
-evaluation_freq = 500
-evaluation_images = [data_root + 'eval_images/view.jpg']
-evaluation_inputs = ['Please describe this picture.', 'What is unusual about this image?']
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
 #######################################################################
-tokenizer = dict(type=load_tokenizer, path=llm_name_or_path)
-image_processor = dict(type=load_image_processor, path=visual_encoder_name_or_path)
-
-model = dict(
-    type=LLaVAModel,
-    llm=dict(type=load_llm, path=llm_name_or_path, dtype=llm_dtype,
-             attn_implementation=attn_implementation),
-    visual_encoder=dict(type=VisionTower, path=visual_encoder_name_or_path, select_layer=-2,
-                        select_feature='patch', dtype=llm_dtype),
-    projector=dict(type='mlp2x_gelu'),
-    tokenizer=tokenizer,
-    template=template,
-    freeze_llm=False,
-    freeze_visual_encoder=True,
-    gradient_checkpointing=True,
-    pretrained_pth=pretrained_pth,
-    visual_words=dict(type=VisualWords, weight=vw_weight, detach_target=vw_detach_target, pif=vw_pif,
-                      vm_head_init=vw_vm_head_init))
+tokenizer.update(path=llm_name_or_path)
+model.update(llm=dict(path=llm_name_or_path), tokenizer=tokenizer, template=template, pretrained_pth=pretrained_pth)
 
 #######################################################################
 #                  PART 3  Dataset & Dataloader                       #
 #######################################################################
-train_dataset = dict(
-    type=LLaVADataset,
-    data_path=data_path,
-    image_folder=image_folder,
-    tokenizer=tokenizer,
-    template=template,
-    image_processor=image_processor,
-    max_length=max_length,
-    num_image_tokens=num_image_tokens,
-    on_bad_sample=on_bad_sample)
-
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,
-    persistent_workers=dataloader_num_workers > 0,
-    dataset=train_dataset,
-    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
-    collate_fn=dict(type=llava_collate_fn))
-
-#######################################################################
-#                    PART 4  Scheduler & Optimizer                    #
-#######################################################################
-optim_wrapper = dict(
-    type=AmpOptimWrapper,
-    optimizer=dict(type=AdamW, lr=lr, betas=betas, weight_decay=weight_decay),
-    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
-    accumulative_counts=accumulative_counts,
-    loss_scale='dynamic',
-    dtype='bfloat16')
-
-param_scheduler = [
-    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs,
-         convert_to_iter_based=True),
-    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs,
-         end=max_epochs, convert_to_iter_based=True),
-]
-
-train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
-
-#######################################################################
-#                           PART 5  Runtime                           #
-#######################################################################
-default_hooks.update(  # noqa: F405
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps,  # noqa: F405
-                    max_keep_ckpts=save_total_limit, save_optimizer=save_optimizer))
-custom_hooks = [
-    dict(type=DatasetInfoHook),
-    dict(type=EvaluateChatHook, image_processor=image_processor, evaluation_images=evaluation_images,
-         evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq),
-]
+train_dataset.update(tokenizer=tokenizer, template=template)
+train_dataloader.update(dataset=train_dataset)

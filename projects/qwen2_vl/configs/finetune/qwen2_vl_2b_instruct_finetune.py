@@ -1,0 +1,139 @@
+"""Qwen2-VL-2B-Instruct: supervised fine-tuning on LLaVA-format data (LoRA on the LLM, merger trained).
+
+Qwen2-VL (Wang et al., arXiv:2409.12191) is used as transformers ships it
+(``Qwen2VLForConditionalGeneration``, loaded from a local directory): native-resolution images within
+[min_pixels, max_pixels] (each image becomes h·w / 28² tokens), M-RoPE positions, its own vision
+transformer. The vision transformer stays frozen; the merger (its projector) trains fully and the LLM
+through LoRA r=64, α=16 (the Qwen2-VL SFT setting of CoLVA). Global batch 128 (8 GPUs × 16), lr
+1e-4, cosine with 3 % warm-up, 1 epoch, bf16, gradient checkpointing, the
+``qwen2_vl`` chat template (token ids equal to Qwen2-VL-Instruct's own template).
+
+    bash tools/dist.sh train projects/qwen2_vl/configs/finetune/qwen2_vl_2b_instruct_finetune.py 8
+
+Written in full: method recipes inherit it with ``read_base()`` and add their block to
+``model.plugins`` (``moca``, ``cal``, ``visual_words``). Edit the PART 1 paths to your local copies
+(``huggingface-cli download Qwen/Qwen2-VL-2B-Instruct --local-dir models/Qwen2-VL-2B-Instruct`` on a
+machine with network access; see data/README.md for the data). Tiny CPU twin:
+``qwen2_vl_2b_instruct_finetune_tiny_cpu.py``.
+"""
+from mmengine.config import read_base
+from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
+from peft import LoraConfig
+from torch.optim import AdamW
+
+from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
+from mllm_align.engine.hooks import DatasetInfoHook
+from mllm_align.engine.loops import TrainLoop
+from mllm_align.models import load_tokenizer
+from mllm_align.models.qwen2_vl import Qwen2VLModel, load_qwen2_vl_image_processor
+
+with read_base():
+    from ...._base_.default_runtime import *  # noqa: F401,F403
+
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+qwen2_vl_name_or_path = 'models/Qwen2-VL-2B-Instruct'  # LLM, vision transformer, merger, tokenizer, processor
+data_root = 'data/llava_data/'
+data_path = data_root + 'LLaVA-Instruct-665K/llava_v1_5_mix665k.json'
+image_folder = data_root + 'llava_images'  # coco/ gqa/ ocr_vqa/ textvqa/ vg/
+template = 'qwen2_vl'  # <|vision_start|><image><|vision_end|> in ChatML, as Qwen2-VL-Instruct's template
+pretrained_pth = None  # an iter_N.pth of this model to start from (e.g. a MoCa pre-training run)
+min_pixels = 256 * 28 * 28  # ≥ 256 tokens per image (Qwen2-VL's recommended range)
+max_pixels = 1280 * 28 * 28  # ≤ 1280 tokens per image: the memory knob
+max_length = 4096  # tokens after splicing (image tokens + text)
+num_image_tokens = 400  # length estimate per image for the sampler only (a 640×480 photo ≈ 391 tokens)
+llm_dtype = 'bfloat16'
+attn_implementation = 'flash_attention_2'  # 'sdpa' if flash-attn is not installed
+lora_r = 64  # LoRA rank on every linear layer of the decoder
+lora_alpha = 16
+lora_dropout = 0.0  # > 0 draws from the RNG, which checkpoints do not hold: resume would no longer be bitwise
+
+batch_size = 16  # per device; 8 devices → global 128
+accumulative_counts = 1
+dataloader_num_workers = 4
+max_epochs = 1
+lr = 1e-4  # LoRA and merger
+betas = (0.9, 0.999)
+weight_decay = 0
+max_norm = 1  # gradient clipping
+warmup_ratio = 0.03
+on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
+
+save_steps = 500
+save_total_limit = 2  # LoRA + merger checkpoints are small; raise to keep more for MIR scoring
+save_optimizer = True  # needed for exact --resume
+
+#######################################################################
+#            PART 2  Model & Tokenizer & Image Processor              #
+#######################################################################
+tokenizer = dict(type=load_tokenizer, path=qwen2_vl_name_or_path)
+image_processor = dict(type=load_qwen2_vl_image_processor, path=qwen2_vl_name_or_path, min_pixels=min_pixels,
+                       max_pixels=max_pixels)
+
+model = dict(
+    type=Qwen2VLModel,
+    path=qwen2_vl_name_or_path,
+    dtype=llm_dtype,
+    attn_implementation=attn_implementation,
+    tokenizer=tokenizer,
+    image_processor=image_processor,
+    template=template,
+    freeze_llm=True,
+    freeze_visual_encoder=True,
+    freeze_projector=False,
+    llm_lora=dict(type=LoraConfig, r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias='none'),
+    gradient_checkpointing=True,
+    pretrained_pth=pretrained_pth,
+    plugins=dict())  # alignment plug-ins, applied in this order; method recipes add theirs (MoCa, CAL, …)
+
+#######################################################################
+#                  PART 3  Dataset & Dataloader                       #
+#######################################################################
+train_dataset = dict(
+    type=LLaVADataset,
+    data_path=data_path,
+    image_folder=image_folder,
+    tokenizer=tokenizer,
+    template=template,
+    image_processor=image_processor,
+    max_length=max_length,
+    num_image_tokens=num_image_tokens,
+    pad_image_to_square=False,  # Qwen2-VL keeps the aspect ratio
+    on_bad_sample=on_bad_sample)
+
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=dataloader_num_workers,
+    persistent_workers=dataloader_num_workers > 0,
+    dataset=train_dataset,
+    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
+    collate_fn=dict(type=llava_collate_fn))
+
+#######################################################################
+#                    PART 4  Scheduler & Optimizer                    #
+#######################################################################
+optim_wrapper = dict(
+    type=AmpOptimWrapper,
+    optimizer=dict(type=AdamW, lr=lr, betas=betas, weight_decay=weight_decay),
+    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts,
+    loss_scale='dynamic',
+    dtype='bfloat16')
+
+param_scheduler = [
+    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs,
+         convert_to_iter_based=True),
+    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs,
+         end=max_epochs, convert_to_iter_based=True),
+]
+
+train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
+
+#######################################################################
+#                           PART 5  Runtime                           #
+#######################################################################
+default_hooks.update(  # noqa: F405
+    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps,  # noqa: F405
+                    max_keep_ckpts=save_total_limit, save_optimizer=save_optimizer))
+custom_hooks = [dict(type=DatasetInfoHook)]

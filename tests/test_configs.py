@@ -1,0 +1,258 @@
+"""Every shipped config: it loads, recipes and twins pair up, and each differs from its parent only where declared.
+
+A real recipe is a ``projects/*/configs/*/*.py`` file without the ``_tiny_cpu`` suffix; its twin is the
+same name with it. Method recipes inherit a base recipe (or a single-method recipe) through
+``read_base()`` and may differ from it only in their plug-in, its optimizer keys, its hooks and its
+own PART 1 settings; they state each method's block once, as named fragments (``moca_plugins``,
+``moca_paramwise_cfg``, ``cal_plugins``, ``vw_plugins``). The twin of a base recipe imports the
+recipe and then ``projects/_base_/tiny_cpu.py`` and writes the tiny values into the fields; the twin
+of a method recipe imports its base recipe's twin and, from its own recipe, the method's settings and
+fragments. Either may differ from its recipe only in paths, sizes, precision and intervals (the
+allow-lists below). Real recipes point at models that do not exist here: they are only loaded
+(``Config.fromfile`` reads no model file), while every twin's model is built from the tiny assets.
+"""
+from __future__ import annotations
+
+import ast
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mmengine.config import Config
+
+from mllm_align.engine.config_checks import RUNNER_KEYS
+from mllm_align.engine.launch import prepare_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob('projects/*/configs/*/*.py'))
+TWINS = [c for c in CONFIGS if c.endswith('_tiny_cpu.py')]
+RECIPES = [c for c in CONFIGS if not c.endswith('_tiny_cpu.py')]
+TINY_BASE = 'projects/_base_/tiny_cpu.py'
+
+# Dotted keys (fnmatch patterns) where a twin may differ from its recipe.
+TWIN_MAY_DIFFER = (
+    # tiny local models and data (LLaVA: llm/visual_encoder parts; Qwen2-VL: one HF directory, model.path)
+    'model.llm.path', 'model.visual_encoder.path', 'model.path', 'model.tokenizer.path', 'model.pretrained_pth',
+    'tokenizer.path', 'image_processor.path', 'model.image_processor.path',
+    '*dataset.data_path', '*dataset.image_folder', '*dataset.tokenizer.path', '*dataset.image_processor.path',
+    'custom_hooks.*.image_processor.path', 'custom_hooks.*.images', 'custom_hooks.*.image_folder',
+    'custom_hooks.*.evaluation_images.*', 'custom_hooks.*.evaluation_inputs.*',
+    # sizes
+    '*dataset.max_length', '*dataset.num_image_tokens', 'model.max_new_tokens',
+    '*image_processor.min_pixels', '*image_processor.max_pixels',  # Qwen2-VL's dynamic resolution
+    'train_dataloader.batch_size', 'train_dataloader.sampler.per_device_batch_size',
+    'train_dataloader.num_workers', 'train_dataloader.persistent_workers', 'custom_hooks.*.eval_num',
+    # precision (fp32, plain OptimWrapper) and the lr a tiny random model needs
+    'model.llm.dtype', 'model.visual_encoder.dtype', 'model.llm.attn_implementation',
+    'model.dtype', 'model.attn_implementation',
+    'optim_wrapper.type', 'optim_wrapper.loss_scale', 'optim_wrapper.dtype', 'optim_wrapper.optimizer.lr',
+    # iterations and intervals
+    'param_scheduler.0.end', 'param_scheduler.1.begin', 'default_hooks.checkpoint.interval',
+    'default_hooks.checkpoint.max_keep_ckpts', 'custom_hooks.*.every_n_iters', 'custom_hooks.*.interval',
+)
+# Dotted keys where a method recipe may differ from the recipe it inherits.
+METHOD_MAY_DIFFER = (
+    'model.plugins', 'model.plugins.*', 'optim_wrapper.paramwise_cfg.*', 'custom_hooks.*',
+    'moca_*', 'cal_*', 'vw_*',  # the method's PART 1 settings
+    'pretrained_pth', 'model.pretrained_pth', 'work_dir', 'experiment_name',
+)
+# Recipes that also change the LLM they inherit (VW-LMM on Mistral-7B: another LLM and its chat template).
+LLM_SWAP = ('llm_name_or_path', 'template', 'model.llm.path', 'model.template', '*tokenizer.path', '*dataset.template')
+METHOD_EXTRA = {
+    'projects/visual_words/configs/pretrain/llava_mistral_7b_vw_pretrain.py': LLM_SWAP,
+    'projects/visual_words/configs/finetune/llava_mistral_7b_vw_finetune.py': LLM_SWAP,
+}
+
+
+def twin_of(recipe: str) -> str:
+    return recipe[:-len('.py')] + '_tiny_cpu.py'
+
+
+def read_base_imports(config: str) -> list[tuple[str, list[str]]]:
+    """``(repo-relative module file, imported names)`` of each import inside ``with read_base():``."""
+    tree = ast.parse((REPO / config).read_text(encoding='utf-8'))
+    found = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.With) and any(getattr(i.context_expr.func, 'id', None) == 'read_base'
+                                              for i in stmt.items if isinstance(i.context_expr, ast.Call)):
+            for sub in stmt.body:
+                if not isinstance(sub, ast.ImportFrom) or sub.level == 0:
+                    raise AssertionError(f'{config}: read_base() must hold relative `from ... import` lines only')
+                base = Path(config).parent.joinpath(*(['..'] * (sub.level - 1)), *sub.module.split('.'))
+                found.append((os.path.normpath(base.as_posix() + '.py'), [a.name for a in sub.names]))
+    return found
+
+
+def parent_recipe(config: str) -> str | None:
+    """The recipe a recipe or twin inherits whole (``from X import *``, the first such import); None for a base."""
+    return next((module for module, names in read_base_imports(config)
+                 if names == ['*'] and not module.startswith('projects/_base_/')), None)
+
+
+BASES = [r for r in RECIPES if parent_recipe(r) is None]  # written in full (LLaVA-1.5 stages, Qwen2-VL, …)
+METHODS = [r for r in RECIPES if r not in BASES]
+
+
+def base_of(recipe: str) -> str:
+    """The base recipe at the end of ``recipe``'s ``read_base()`` chain of whole imports."""
+    while recipe not in BASES:
+        parent = parent_recipe(recipe)
+        assert parent in RECIPES, f'the read_base() chain of {recipe} must end at a base recipe {BASES}'
+        recipe = parent
+    return recipe
+
+
+def top_level(config: str) -> dict[str, Any]:
+    """``Config.fromfile(config).to_dict()``: PART 1 settings, fragments and runner keys (imported classes left out)."""
+    return Config.fromfile(str(REPO / config)).to_dict()
+
+
+def flatten(value: Any, prefix: str = '') -> dict[str, Any]:
+    """``{dotted key: leaf}`` of nested dicts and lists (empty containers are leaves too)."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f'{prefix}.{key}' if prefix else str(key)))
+        return out
+    if isinstance(value, (list, tuple)) and value:
+        out = {}
+        for i, item in enumerate(value):
+            out.update(flatten(item, f'{prefix}.{i}'))
+        return out
+    return {prefix: value}
+
+
+def effective(config: str, part1: bool = True) -> dict[str, Any]:
+    """The flattened config: runner keys, the PART 2/3 dicts (``tokenizer``, ``train_dataset``…) and PART 1.
+
+    Classes appear as their import path (``'mmengine.optim.OptimWrapper'``), as ``Config.to_dict`` writes them.
+
+    With ``part1=False`` the PART 1 settings (top-level values that are neither runner keys nor
+    dicts) are left out: a twin rebinds them to tiny values, and the fields built from them are what
+    the runner reads.
+    """
+    cfg = Config.fromfile(str(REPO / config)).to_dict()
+    return flatten({k: v for k, v in cfg.items()
+                    if not k.startswith('_') and (part1 or k in RUNNER_KEYS or isinstance(v, dict))})
+
+
+def differences(parent: dict[str, Any], child: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:
+    """Dotted keys whose value differs (or exists on one side only) and that no pattern in ``allowed`` covers."""
+    bad = []
+    for key in sorted(set(parent) | set(child)):
+        if parent.get(key, KeyError) == child.get(key, KeyError):
+            continue
+        if not any(fnmatch.fnmatchcase(key, pattern) for pattern in allowed):
+            bad.append(f'{key}: {parent.get(key, "<absent>")!r} -> {child.get(key, "<absent>")!r}')
+    return bad
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_every_config_loads(config):
+    plugins = list(Config.fromfile(str(REPO / config)).model.get('plugins', {}))
+    assert plugins == [name for name in ('moca', 'cal', 'visual_words') if name in plugins], \
+        f'{config}: plug-ins must run in the order moca, cal, visual_words; found {plugins}'
+
+
+def test_every_recipe_has_a_twin_and_every_twin_a_recipe():
+    assert RECIPES and TWINS and 'projects/llava/configs/pretrain/llava_v15_7b_pretrain.py' in BASES
+    assert [c for c in RECIPES if twin_of(c) not in TWINS] == [], 'recipes without a *_tiny_cpu.py twin'
+    assert [t for t in TWINS if t not in map(twin_of, RECIPES)] == [], 'twins without a real recipe'
+
+
+@pytest.mark.parametrize('recipe', BASES)
+def test_base_twin_inherits_its_recipe_then_the_shared_tiny_values(recipe):
+    assert read_base_imports(twin_of(recipe)) == [(recipe, ['*']), (TINY_BASE, ['*'])]
+
+
+@pytest.mark.parametrize('recipe', METHODS)
+def test_method_twin_is_its_base_twin_plus_names_from_its_own_recipe(recipe):
+    """The tiny values are written once, in the base twin; a method twin takes the method from its recipe."""
+    twin = twin_of(recipe)
+    imports = read_base_imports(twin)
+    assert [module for module, _ in imports] == [twin_of(base_of(recipe)), recipe], \
+        f'{twin} must import the base twin {twin_of(base_of(recipe))} (*) and then names from {recipe}'
+    assert imports[0][1] == ['*'] and '*' not in imports[1][1], imports
+    names = imports[1][1]
+    mine, base = top_level(recipe), top_level(base_of(recipe))
+    added = [k for k in mine if k not in base]  # the method's PART 1 settings and fragments
+    assert sorted(set(added) - set(names)) == [], \
+        f'{twin} must import what {recipe} adds to {base_of(recipe)} (so --cfg-options reaches it)'
+    assert [n for n in names if n not in added and mine.get(n, KeyError) == base.get(n)] == [], \
+        f'{twin} imports names that {recipe} neither adds nor changes'
+
+
+@pytest.mark.parametrize('recipe', METHODS)
+def test_method_recipe_states_its_plugins_as_named_fragments(recipe):
+    """``model.plugins`` is the fragments ``*_plugins`` merged in order; ``paramwise_cfg`` is MoCa's fragment."""
+    cfg = top_level(recipe)
+    merged: dict[str, Any] = {}
+    for name in [k for k in cfg if k.endswith('_plugins')]:
+        assert name.split('_')[0] in ('moca', 'cal', 'vw'), f'{recipe}: fragment {name} not named for a method'
+        merged.update(cfg[name])
+    assert merged and list(merged.items()) == list(cfg['model']['plugins'].items()), \
+        f'{recipe}: model.plugins must be exactly its *_plugins fragments, in plug-in order'
+    assert cfg['optim_wrapper'].get('paramwise_cfg') == cfg.get('moca_paramwise_cfg')
+
+
+@pytest.mark.parametrize('recipe', RECIPES)
+def test_twin_differs_from_its_recipe_only_in_paths_sizes_precision_and_intervals(recipe):
+    assert differences(effective(recipe, part1=False), effective(twin_of(recipe), part1=False), TWIN_MAY_DIFFER) == []
+
+
+@pytest.mark.parametrize('recipe', METHODS)
+def test_method_recipe_differs_from_what_it_inherits_only_in_its_method(recipe):
+    parent = parent_recipe(recipe)
+    assert parent in RECIPES, f'{recipe} must inherit a shipped recipe through read_base(); inherits {parent}'
+    allowed = METHOD_MAY_DIFFER + METHOD_EXTRA.get(recipe, ())
+    assert differences(effective(parent), effective(recipe), allowed) == []
+    assert base_of(recipe) in BASES
+
+
+@pytest.mark.parametrize('recipe', RECIPES)
+def test_twin_runs_on_tiny_local_files_in_fp32(recipe):
+    twin = effective(twin_of(recipe), part1=False)
+    paths = {k: v for k, v in twin.items() if k.endswith(('.path', '.data_path', '.image_folder')) and v is not None}
+    assert 'train_dataloader.dataset.data_path' in paths and len(paths) >= 4
+    assert [f'{k} = {v!r}' for k, v in paths.items() if not str(v).startswith('data/tiny/')] == [], \
+        f'{twin_of(recipe)}: paths that are not tiny assets'
+    dtypes = {k: v for k, v in twin.items() if k.startswith('model.') and k.endswith('.dtype') or k == 'model.dtype'}
+    assert dtypes and set(dtypes.values()) == {'float32'}, f'{twin_of(recipe)}: {dtypes}'
+    assert twin['optim_wrapper.type'] == 'mmengine.optim.OptimWrapper' and 'optim_wrapper.loss_scale' not in twin
+
+
+def test_differences_name_every_key_outside_the_allow_list():
+    recipe = effective(RECIPES[0], part1=False)
+    twin = effective(twin_of(RECIPES[0]), part1=False)
+    assert differences(recipe, twin, TWIN_MAY_DIFFER) == []
+    changed = dict(twin, **{'model.freeze_llm': not twin['model.freeze_llm'], 'model.plugins.extra': 1})
+    assert differences(recipe, changed, TWIN_MAY_DIFFER) == [
+        f"model.freeze_llm: {recipe['model.freeze_llm']!r} -> {changed['model.freeze_llm']!r}",
+        "model.plugins.extra: '<absent>' -> 1"]
+    method = dict(recipe, **{'model.freeze_llm': changed['model.freeze_llm'], 'model.plugins.extra': 1})
+    assert differences(recipe, method, METHOD_MAY_DIFFER) == [  # a plug-in is the method's; freezing is not
+        f"model.freeze_llm: {recipe['model.freeze_llm']!r} -> {changed['model.freeze_llm']!r}"]
+
+
+def test_part1_options_on_an_sft_twin_reach_the_fields_the_twin_rewrites(tiny_assets):
+    twin = 'projects/cal/configs/finetune/llava_v15_7b_cal_finetune_tiny_cpu.py'
+    llama = 'data/tiny/llm/llama'
+    cfg = prepare_config(str(REPO / twin), cfg_options={'llm_name_or_path': llama, 'lr': 1e-3, 'cal_beta': 3.0,
+                                                        'save_steps': 7})
+    dataset = cfg.train_dataloader.dataset
+    assert cfg.model.llm.path == cfg.model.tokenizer.path == dataset.tokenizer.path == llama
+    assert cfg.optim_wrapper.optimizer.lr == 1e-3 and cfg.default_hooks.checkpoint.interval == 7
+    assert cfg.model.plugins.cal.beta == 3.0  # set in the CAL pre-training recipe, imported by the SFT one
+
+
+@pytest.mark.parametrize('recipe', RECIPES)
+def test_every_twin_builds_its_model(recipe, tiny_assets, monkeypatch):
+    from mmengine.registry import MODELS
+
+    monkeypatch.chdir(REPO)  # the tiny paths are relative to the repository root
+    cfg = Config.fromfile(twin_of(recipe))
+    model = MODELS.build(cfg.model)
+    assert list(model.plugins) == list(cfg.model.get('plugins', {}))
+    assert any(p.requires_grad for p in model.parameters()), f'{twin_of(recipe)} builds a model with nothing to train'
