@@ -300,13 +300,16 @@ def test_eval_mir_scores_a_qwen2_vl_export_as_the_source_model(qwen_dir, tmp_pat
 # ------------------------------------------------------------------------------ e2e: train, kill, resume
 @pytest.mark.slow
 def test_tiny_twin_trains_is_killed_and_resumes_bitwise(qwen_dir, tmp_path):
-    iters, interval, at = 4, 2, 2
+    # Killed during iteration 3: iter_2.pth is committed by then (rank 0 writes it before the all-reduce of
+    # iteration 3 that rank 1 waits on). Killing right after iteration 2 would race rank 0's write.
+    iters, interval, at = 4, 2, 3
     ref, work = tmp_path / 'ref', tmp_path / 'run'
     code, out = run(train_command(ref, 2, iters, interval, config=TWIN), tmp_path / 'ref.log', run_env())
     assert code == 0, out[-4000:]
     code, out = run(train_command(work, 2, iters, interval, config=TWIN), tmp_path / 'crash.log',
                     run_env(MLLM_ALIGN_CRASH_AT_ITER=str(at)))
     assert code != 0 and f'iter_{iters}.pth' not in checkpoints(work), out[-2000:]
+    assert 'iter_2.pth' in checkpoints(work)
     code, out = run(train_command(work, 2, iters, interval, '--resume', config=TWIN), tmp_path / 'resume.log',
                     run_env())
     assert code == 0, out[-4000:]

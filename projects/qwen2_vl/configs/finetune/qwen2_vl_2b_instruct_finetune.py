@@ -22,7 +22,7 @@ from peft import LoraConfig
 from torch.optim import AdamW
 
 from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
-from mllm_align.engine.hooks import DatasetInfoHook
+from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook
 from mllm_align.engine.loops import TrainLoop
 from mllm_align.models import load_tokenizer
 from mllm_align.models.qwen2_vl import Qwen2VLModel, load_qwen2_vl_image_processor
@@ -63,6 +63,11 @@ on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
 save_steps = 500
 save_total_limit = 2  # LoRA + merger checkpoints are small; raise to keep more for MIR scoring
 save_optimizer = True  # needed for exact --resume
+
+# Chat samples during training (EvaluateChatHook): local images and questions.
+evaluation_freq = 500
+evaluation_images = [data_root + 'eval_images/view.jpg']
+evaluation_inputs = ['Please describe this picture.', 'What is unusual about this image?']
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
@@ -136,4 +141,9 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 default_hooks.update(  # noqa: F405
     checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps,  # noqa: F405
                     max_keep_ckpts=save_total_limit, save_optimizer=save_optimizer))
-custom_hooks = [dict(type=DatasetInfoHook)]
+custom_hooks = [
+    dict(type=DatasetInfoHook),
+    dict(type=EvaluateChatHook, image_processor=image_processor, evaluation_images=evaluation_images,
+         evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq,
+         pad_image_to_square=False),  # as the training images: aspect ratio kept
+]

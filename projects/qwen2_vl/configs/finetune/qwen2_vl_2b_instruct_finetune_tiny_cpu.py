@@ -23,6 +23,7 @@ min_pixels = 16 * 16  # the tiny processor's 8-px grid: ≥ 4 tokens per image
 max_pixels = 32 * 32  # ≤ 16 tokens per image
 data_path = sft_data_path
 lr = sft_lr
+evaluation_inputs = sft_evaluation_inputs
 
 # The recipe's fields that hold a PART 1 value, written again with the tiny ones.
 tokenizer.update(path=qwen2_vl_name_or_path)
@@ -40,3 +41,5 @@ optim_wrapper.pop('dtype')
 param_scheduler[0].update(end=warmup_ratio * max_epochs)  # LinearLR warm-up
 param_scheduler[1].update(begin=warmup_ratio * max_epochs)  # cosine
 default_hooks.checkpoint.update(interval=save_steps, max_keep_ckpts=save_total_limit)
+custom_hooks[1].update(image_processor=image_processor, evaluation_images=evaluation_images,  # EvaluateChatHook
+                       evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq)
