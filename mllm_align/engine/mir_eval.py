@@ -21,10 +21,8 @@ from typing import Any, Callable
 
 from ..data.mir_probe import DEFAULT_TEXT_MAX_TOKENS, build_mir_probe
 from ..evaluation.checkpoints import CheckpointRef, discover_checkpoints
-from ..evaluation.mir import MIR_RESULTS_FORMAT, MIREvaluator
+from ..evaluation.mir import MIR_RESULTS_FORMAT, MIREvaluator, check_mir_settings
 from ..evaluation.runner import SettingsMismatch, evaluate_checkpoints
-from ..metrics.mir import SQRT_MODES
-from ..models.hidden_states import TEXT_TOKENS
 from .build import (
     build_model_from_config,
     config_sha256,
@@ -84,10 +82,7 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
     """
     from ..models.builders import load_image_processor, resolve_dtype
 
-    if sqrt not in SQRT_MODES:
-        raise ValueError(f'sqrt={sqrt!r}: use one of {SQRT_MODES}.')
-    if text_tokens not in TEXT_TOKENS:
-        raise ValueError(f'text_tokens={text_tokens!r}: use one of {TEXT_TOKENS}.')
+    check_mir_settings(sqrt, text_tokens)  # fail before discovery and the probe
     refs = discover_checkpoints(target, check_complete=False)
     kind = refs[0].kind
     cfg = load_config(config) if config is not None else None

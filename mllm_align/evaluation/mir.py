@@ -45,6 +45,14 @@ def canonical_layers(layers: Any) -> str:
     return ','.join(str(n) for n in parse_layers(layers, 1 << 30))
 
 
+def check_mir_settings(sqrt: str, text_tokens: str) -> None:
+    """Raise ``ValueError`` for an unknown ``sqrt`` mode or ``text_tokens`` rule (before any work is done)."""
+    if sqrt not in SQRT_MODES:
+        raise ValueError(f'sqrt={sqrt!r}: use one of {SQRT_MODES}.')
+    if text_tokens not in TEXT_TOKENS:
+        raise ValueError(f'text_tokens={text_tokens!r}: use one of {TEXT_TOKENS}.')
+
+
 class MIREvaluator(ModelEvaluator):
     """MIR of each checkpoint on a fixed probe.
 
@@ -69,10 +77,7 @@ class MIREvaluator(ModelEvaluator):
     def __init__(self, probe: Any, *, layers: Any = 'all', sqrt: str = 'exact', text_tokens: str = 'after_image',
                  batch_size: int = 1, sources: dict[str, Any] | None = None, median_bins: int = 1024) -> None:
         super().__init__()
-        if sqrt not in SQRT_MODES:
-            raise ValueError(f'sqrt={sqrt!r}: use one of {SQRT_MODES}.')
-        if text_tokens not in TEXT_TOKENS:
-            raise ValueError(f'text_tokens={text_tokens!r}: use one of {TEXT_TOKENS}.')
+        check_mir_settings(sqrt, text_tokens)
         if batch_size < 1:
             raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
         self.probe = probe

@@ -43,7 +43,8 @@ from .splice import MultimodalInputs
 Mode = Literal['loss', 'predict', 'tensor']
 
 __all__ = ['MultimodalModel', 'VisionEncoder', 'AlignPlugin', 'MultimodalInputs', 'build_module',
-           'apply_lora', 'find_linear_names', 'find_decoder_layers', 'supervised_positions', 'causal_lm_loss']
+           'apply_lora', 'lora_config', 'find_linear_names', 'find_decoder_layers', 'supervised_positions',
+           'causal_lm_loss']
 
 
 @runtime_checkable
@@ -84,6 +85,19 @@ def find_linear_names(model: nn.Module, exclude: tuple[str, ...] = ('lm_head', '
     return sorted(n for n in names if n not in exclude)
 
 
+def lora_config(lora_cfg: Any) -> Any:
+    """A fresh peft ``LoraConfig`` from a config dict (``type`` ignored) or a copy of a ``LoraConfig``."""
+    import copy
+
+    from peft import LoraConfig
+
+    if isinstance(lora_cfg, Mapping):
+        lora_cfg = dict(lora_cfg)
+        lora_cfg.pop('type', None)
+        return LoraConfig(**lora_cfg)
+    return copy.deepcopy(lora_cfg)
+
+
 def apply_lora(model: nn.Module, lora_cfg: Any, config_key: str = 'llm_lora') -> nn.Module:
     """Wrap ``model`` with a peft LoRA adapter built from ``lora_cfg`` (a ``LoraConfig`` or its dict).
 
@@ -91,12 +105,9 @@ def apply_lora(model: nn.Module, lora_cfg: Any, config_key: str = 'llm_lora') ->
         ValueError: ``target_modules`` names a module the model does not have (``config_key`` names the
             config entry to fix).
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    if isinstance(lora_cfg, Mapping):
-        lora_cfg = dict(lora_cfg)
-        lora_cfg.pop('type', None)
-        lora_cfg = LoraConfig(**lora_cfg)
+    lora_cfg = lora_config(lora_cfg)
     if lora_cfg.target_modules is None:
         lora_cfg.target_modules = find_linear_names(model)
     try:

@@ -47,7 +47,7 @@ from mmengine.logging import print_log
 from torch import nn
 
 from ..constants import IMAGE_TOKEN_INDEX
-from .base import MultimodalModel, build_module
+from .base import MultimodalModel, build_module, lora_config
 from .builders import (
     check_attn_implementation,
     check_model_dir,
@@ -97,16 +97,6 @@ def load_qwen2_vl_image_processor(path: str, min_pixels: int | None = None, max_
     return processor
 
 
-def _lora_config(lora_cfg: Any) -> Any:
-    from peft import LoraConfig
-
-    if isinstance(lora_cfg, Mapping):
-        lora_cfg = dict(lora_cfg)
-        lora_cfg.pop('type', None)
-        lora_cfg = LoraConfig(**lora_cfg)
-    return copy.deepcopy(lora_cfg)
-
-
 def _linear_names(module: nn.Module, scope: str) -> list[str]:
     """Leaf names of the ``nn.Linear`` layers of ``module`` whose path matches ``scope`` + a name."""
     pattern = re.compile(scope + r'\w+')
@@ -130,7 +120,7 @@ def inject_lora(module: nn.Module, lora_cfg: Any, scope: str, config_key: str) -
     """
     from peft import inject_adapter_in_model
 
-    cfg = _lora_config(lora_cfg)
+    cfg = lora_config(lora_cfg)
     available = _linear_names(module, scope)
     targets = cfg.target_modules
     if targets is None:

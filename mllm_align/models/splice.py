@@ -62,7 +62,27 @@ def _pack_features(image_features: torch.Tensor | Sequence[torch.Tensor] | None
     if bad:
         raise ValueError(f'image feature {bad[0]} has shape {tuple(feats[bad[0]].shape)}; each image gives [P_i, D].')
     counts = torch.tensor([f.shape[0] for f in feats], dtype=torch.long, device=feats[0].device)
-    return (feats[0] if len(feats) == 1 else torch.cat(feats, 0)), counts
+    if len(feats) == 1:
+        return feats[0], counts
+    parent = _split_parent(feats)
+    return (torch.cat(feats, 0) if parent is None else parent), counts
+
+
+def _split_parent(feats: list[torch.Tensor]) -> torch.Tensor | None:
+    """The ``[S, D]`` tensor ``feats`` were cut from, in order and without gaps (``unbind`` of ``[N, P, D]``,
+    ``split`` of ``[S, D]``: how encoders return per-image features), so packing needs no copy; else None."""
+    base = feats[0]._base
+    if base is None or not base.is_contiguous() or base.data_ptr() != feats[0].data_ptr():
+        return None
+    step = feats[0].element_size()
+    offset = base.data_ptr()
+    for f in feats:
+        if f._base is not base or not f.is_contiguous() or f.data_ptr() != offset:
+            return None
+        offset += f.numel() * step
+    if offset != base.data_ptr() + base.numel() * step:
+        return None
+    return base.reshape(-1, feats[0].shape[-1])  # (S, D), a view: gradients reach the encoder as before
 
 
 def splice_image_features(input_ids: torch.Tensor, attention_mask: torch.Tensor,

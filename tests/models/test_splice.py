@@ -97,3 +97,33 @@ def test_count_mismatch_names_the_sample():
     ids = torch.tensor([[1, 2], [IMG, IMG]])
     with pytest.raises(ValueError, match="sample 'b': 2"):
         splice_image_features(ids, torch.ones_like(ids), _IdEmbed(), [torch.zeros(1, 1)], sample_ids=['a', 'b'])
+
+
+@pytest.mark.parametrize('cut', ['split', 'unbind', 'gap', 'reordered'])
+def test_per_image_views_splice_like_separate_tensors(cut):
+    """Views cut from one encoder output (packed without a copy) and any other list give the same rows and grads."""
+    ids = torch.tensor([[1, IMG, 2], [IMG, 3, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    embed = torch.nn.Embedding(10, 4)
+    source = torch.randn(6, 4, requires_grad=True)
+    if cut == 'split':
+        feats = list(source.split([2, 4]))
+    elif cut == 'unbind':
+        feats = list(source.reshape(2, 3, 4).unbind(0))
+    elif cut == 'gap':
+        feats = [source[:2], source[3:]]
+    else:
+        feats = [source[4:], source[:4]]
+    out = splice_image_features(ids, mask, embed, feats)
+    copies = [f.detach().clone().requires_grad_(True) for f in feats]
+    ref = splice_image_features(ids, mask, embed, copies)
+    assert torch.equal(out.inputs_embeds, ref.inputs_embeds) and torch.equal(out.image_mask, ref.image_mask)
+    weights = torch.randn_like(out.inputs_embeds)
+    (out.inputs_embeds * weights).sum().backward()
+    (ref.inputs_embeds * weights).sum().backward()
+    expected = torch.zeros_like(source)
+    rows = {'split': [(0, 2), (2, 6)], 'unbind': [(0, 3), (3, 6)], 'gap': [(0, 2), (3, 6)],
+            'reordered': [(4, 6), (0, 4)]}[cut]
+    for (a, b), c in zip(rows, copies):
+        expected[a:b] += c.grad
+    assert torch.equal(source.grad, expected)
