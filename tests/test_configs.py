@@ -23,13 +23,18 @@ import pytest
 from mmengine.config import Config
 
 from mllm_align.engine.config_checks import RUNNER_KEYS
+from mllm_align.engine.config_overrides import load_config, part1_variables
 from mllm_align.engine.launch import prepare_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob('projects/*/configs/*/*.py'))
-TWINS = [c for c in CONFIGS if c.endswith('_tiny_cpu.py')]
-RECIPES = [c for c in CONFIGS if not c.endswith('_tiny_cpu.py')]
+# The demo's configs (projects/demo/) run a shipped recipe on real small models at laptop scale: they are
+# their own CPU-sized runs (tests/test_demo.py trains them), so they have no tiny twin and are checked apart.
+DEMOS = [c for c in CONFIGS if c.startswith('projects/demo/')]
+TWINS = [c for c in CONFIGS if c.endswith('_tiny_cpu.py') and c not in DEMOS]
+RECIPES = [c for c in CONFIGS if not c.endswith('_tiny_cpu.py') and c not in DEMOS]
 TINY_BASE = 'projects/_base_/tiny_cpu.py'
+SHARED_BASES = ['projects/_base_/default_runtime.py', 'projects/_base_/default_schedule.py']  # PART 5, PART 4
 
 # Dotted keys (fnmatch patterns) where a twin may differ from its recipe.
 TWIN_MAY_DIFFER = (
@@ -51,6 +56,8 @@ TWIN_MAY_DIFFER = (
     # iterations and intervals
     'param_scheduler.0.end', 'param_scheduler.1.begin', 'default_hooks.checkpoint.interval',
     'default_hooks.checkpoint.max_keep_ckpts', 'custom_hooks.*.every_n_iters', 'custom_hooks.*.interval',
+    # the fragments of projects/_base_/tiny_cpu.py that hold the values above
+    'tiny_*',
 )
 # Dotted keys where a method recipe may differ from the recipe it inherits.
 METHOD_MAY_DIFFER = (
@@ -64,6 +71,17 @@ METHOD_EXTRA = {
     'projects/visual_words/configs/pretrain/llava_mistral_7b_vw_pretrain.py': LLM_SWAP,
     'projects/visual_words/configs/finetune/llava_mistral_7b_vw_finetune.py': LLM_SWAP,
 }
+
+
+# Dotted keys where a demo config may differ from the recipe it inherits: a twin's, plus the small real models'
+# settings (DINOv2 read at 112 px and pooled; SmolLM2's chat template), a schedule counted in iterations, LoRA.
+DEMO_MAY_DIFFER = TWIN_MAY_DIFFER + LLM_SWAP + (
+    'model.visual_encoder.select_layer', 'model.visual_encoder.image_size', 'model.visual_encoder.pool',
+    '*image_processor.size.*', '*image_processor.crop_size.*', 'model.pretrained_pth',
+    'param_scheduler.*', 'train_cfg.max_iters', 'train_cfg.max_epochs', 'default_hooks.logger.interval',
+    'model.freeze_llm', 'model.gradient_checkpointing', 'model.llm_lora.*', 'custom_hooks.*',
+    'demo_*',
+)
 
 
 def twin_of(recipe: str) -> str:
@@ -167,6 +185,54 @@ def test_base_twin_inherits_its_recipe_then_the_shared_tiny_values(recipe):
     assert read_base_imports(twin_of(recipe)) == [(recipe, ['*']), (TINY_BASE, ['*'])]
 
 
+@pytest.mark.parametrize('recipe', BASES)
+def test_base_recipe_takes_schedule_and_runtime_from_the_shared_bases(recipe):
+    """One place for a runtime fix: every base recipe imports both shared files and rebuilds none of their dicts."""
+    assert read_base_imports(recipe) == [(base, ['*']) for base in SHARED_BASES], \
+        f'{recipe}: the read_base() block must import {SHARED_BASES} (whole), in that order'
+    tree = ast.parse((REPO / recipe).read_text(encoding='utf-8'))
+    shared = {name for base in SHARED_BASES for name in top_level(base) if name in RUNNER_KEYS}
+    rebound = sorted(t.id for stmt in tree.body if isinstance(stmt, ast.Assign)
+                     for t in stmt.targets if isinstance(t, ast.Name) and t.id in shared)
+    assert rebound == [], f'{recipe} assigns {rebound} again: update their fields instead (.update(...))'
+
+
+def literal_settings(cfg: Config) -> dict[str, Any]:
+    """The PART 1 variables of ``cfg`` whose value is a Python literal (what ``--cfg-options`` can write)."""
+    out = {}
+    for name in sorted(part1_variables(cfg)):
+        value = cfg[name]
+        try:
+            if ast.literal_eval(repr(value)) == value:
+                out[name] = value
+        except (ValueError, SyntaxError):  # dicts holding classes, fragments
+            continue
+    return out
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_no_part1_value_is_silently_left_out_of_the_dicts(config):
+    """Writing each PART 1 value into every file of the read_base() chain changes nothing.
+
+    A name rebound after ``read_base()`` does not reach the dicts a base file built from it; a config that
+    rebinds one without updating those fields resolves differently once the value is written into the base
+    too (what ``--cfg-options name=value`` does), and this test names the fields.
+    """
+    loaded = Config.fromfile(str(REPO / config))
+    settings = literal_settings(loaded)
+    assert {'data_path', 'batch_size', 'lr', 'warmup_ratio', 'max_epochs', 'save_steps'} <= set(settings)
+    again = load_config(str(REPO / config), settings)
+    assert differences(effective(config), flatten({k: v for k, v in again.to_dict().items()
+                                                   if not k.startswith('_')}), ()) == []
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_every_config_sets_a_learning_rate(config):
+    """``default_schedule.py`` has no lr on purpose: without one, AdamW would silently train at its default."""
+    optimizer = Config.fromfile(str(REPO / config)).optim_wrapper.optimizer
+    assert isinstance(optimizer.get('lr'), float) and optimizer.lr > 0, f'{config}: optim_wrapper.optimizer.lr'
+
+
 @pytest.mark.parametrize('recipe', METHODS)
 def test_method_twin_is_its_base_twin_plus_names_from_its_own_recipe(recipe):
     """The tiny values are written once, in the base twin; a method twin takes the method from its recipe."""
@@ -211,6 +277,20 @@ def test_method_recipe_differs_from_what_it_inherits_only_in_its_method(recipe):
     assert base_of(recipe) in BASES
 
 
+@pytest.mark.parametrize('demo', DEMOS)
+def test_demo_config_is_a_shipped_recipe_on_small_real_models(demo):
+    parent = parent_recipe(demo)
+    assert parent in RECIPES, f'{demo} must inherit a shipped recipe through read_base(); inherits {parent}'
+    assert differences(effective(parent, part1=False), effective(demo, part1=False), DEMO_MAY_DIFFER) == []
+    cfg = effective(demo, part1=False)
+    assert cfg['model.llm.path'].startswith('data/real/') and cfg['train_dataloader.dataset.data_path'].startswith(
+        'data/real/easy_vqa/'), 'the demo trains on what data/prepare_real.py writes'
+    assert cfg['model.llm.dtype'] == 'float32' and cfg['optim_wrapper.type'] == 'mmengine.optim.OptimWrapper'
+    gpu = load_config(str(REPO / demo), {'gpu': True}).to_dict()
+    assert gpu['model']['llm']['dtype'] == 'bfloat16' and gpu['optim_wrapper']['dtype'] == 'bfloat16'
+    assert gpu['train_dataloader']['batch_size'] == 4 * cfg['train_dataloader.batch_size']
+
+
 @pytest.mark.parametrize('recipe', RECIPES)
 def test_twin_runs_on_tiny_local_files_in_fp32(recipe):
     twin = effective(twin_of(recipe), part1=False)
@@ -253,6 +333,9 @@ def test_every_twin_builds_its_model(recipe, tiny_assets, monkeypatch):
 
     monkeypatch.chdir(REPO)  # the tiny paths are relative to the repository root
     cfg = Config.fromfile(twin_of(recipe))
+    if str(cfg.model.get('path', '')).rstrip('/').endswith('qwen2_vl'):  # built on its own, not by tiny_assets
+        from mllm_align.testing.tiny_assets import build_tiny_qwen2_vl
+        build_tiny_qwen2_vl(tiny_assets.root)
     model = MODELS.build(cfg.model)
     assert list(model.plugins) == list(cfg.model.get('plugins', {}))
     assert any(p.requires_grad for p in model.parameters()), f'{twin_of(recipe)} builds a model with nothing to train'

@@ -20,6 +20,16 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
     || { echo "env.sh: pip install failed (see above)" >&2; return 1 2>/dev/null || exit 1; }
   echo "$WANT" > "$STAMP"
 fi
+# The demo extra (real-weights converters, requirements-demo.txt), installed once on request:
+#   mllm_align_demo_extra || echo "not installed"
+mllm_align_demo_extra() {
+  local stamp="$VENV/.mllm_align_demo_installed" want
+  want="$(sha256sum "$ROOT/requirements-demo.txt" | cut -d' ' -f1)"
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+  echo "[env] installing the demo extra (requirements-demo.txt: gguf, onnx, onnxruntime; first run only)..."
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements-demo.txt" \
+    && echo "$want" > "$stamp"
+}
 export PATH="$VENV/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"

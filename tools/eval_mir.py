@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='skip files PIL cannot read instead of failing')
     parser.add_argument('--template', help='chat template for an HF directory (default: from its export info)')
     parser.add_argument('--out', help='output folder (default: WORK_DIR/mir)')
+    parser.add_argument('--untrained', action='store_true',
+                        help="also score the config's model before training (iteration 0: the projector at its "
+                             'seeded random init), saved once as OUT/untrained/iter_0.pth')
     parser.add_argument('--overwrite', action='store_true', help='discard results computed with other settings')
     parser.add_argument('--no-plots', action='store_true', help='do not write the PNGs')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                      device=args.device, dtype=args.dtype, text_tokens=args.text_tokens, placement=args.placement,
                      text_max_tokens=args.text_max_tokens, seed=None if args.sorted else args.seed,
                      batch_size=args.batch_size, skip_bad_images=args.skip_bad_images, template=args.template,
-                     overwrite=args.overwrite, progress=not args.no_progress, plots=not args.no_plots)
+                     overwrite=args.overwrite, progress=not args.no_progress, plots=not args.no_plots,
+                     untrained=args.untrained)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f'eval_mir: error: {exc}', file=sys.stderr)
         return 1

@@ -55,6 +55,10 @@ Reference formats (rendered text, checked in ``tests/data/test_templates.py``):
   first header, messages trimmed). Llama-3.1's template adds a dated default system block and is
   not what this template produces.
 * ``qwen2``: Qwen2-Instruct ChatML, with the default system ``You are a helpful assistant.``.
+* ``chatml``: plain ChatML, no default system prompt (a system block only when the conversation has a
+  system turn), as Qwen3's template writes it without tools or thinking.
+* ``smollm2``: SmolLM2-Instruct's ChatML: ``qwen2``'s layout with SmolLM2's default system prompt
+  (``You are a helpful AI assistant named SmolLM, trained by Hugging Face``), as its GGUF's template writes it.
 * ``qwen2_vl``: Qwen2-VL-Instruct: ``qwen2``'s ChatML, each ``<image>`` of a user turn written
   ``<|vision_start|><image><|vision_end|>`` (:attr:`ChatTemplate.image`), as Qwen2-VL's own template
   writes an image content item (with ``<|image_pad|>`` for the placeholder, which its processor repeats
@@ -87,6 +91,7 @@ __all__ = [
 VICUNA_SYSTEM = ('A chat between a curious user and an artificial intelligence assistant. '
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 QWEN2_SYSTEM = 'You are a helpful assistant.'
+SMOLLM2_SYSTEM = 'You are a helpful AI assistant named SmolLM, trained by Hugging Face'
 
 # LLaVA speaker names and HF roles → canonical role
 _SPEAKERS: dict[str, str] = {
@@ -194,6 +199,14 @@ register_template(ChatTemplate(
     stop_words=('<|eot_id|>', '<|end_of_text|>'), strip_content=True))
 register_template(ChatTemplate(
     name='qwen2', system='<|im_start|>system\n{system}<|im_end|>\n', default_system=QWEN2_SYSTEM,
+    user='<|im_start|>user\n{content}<|im_end|>\n', assistant='<|im_start|>assistant\n',
+    reply='{content}<|im_end|>', turn_sep='\n', stop_words=('<|im_end|>', '<|endoftext|>')))
+register_template(ChatTemplate(
+    name='chatml', system='<|im_start|>system\n{system}<|im_end|>\n',
+    user='<|im_start|>user\n{content}<|im_end|>\n', assistant='<|im_start|>assistant\n',
+    reply='{content}<|im_end|>', turn_sep='\n', stop_words=('<|im_end|>', '<|endoftext|>')))
+register_template(ChatTemplate(
+    name='smollm2', system='<|im_start|>system\n{system}<|im_end|>\n', default_system=SMOLLM2_SYSTEM,
     user='<|im_start|>user\n{content}<|im_end|>\n', assistant='<|im_start|>assistant\n',
     reply='{content}<|im_end|>', turn_sep='\n', stop_words=('<|im_end|>', '<|endoftext|>')))
 register_template(ChatTemplate(

@@ -280,6 +280,20 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def _processor_overrides(value: Any) -> dict[str, Any]:
+    """The attributes an image-processor config dict sets besides its type and path."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: v for k, v in value.items() if k not in ('type', 'path', 'pretrained_model_name_or_path',
+                                                        'trust_remote_code', 'use_fast')}
+
+
+def _processor_identity(value: Any) -> Any:
+    """An image processor's path, with the attributes a config overrides (two sizes of one path differ)."""
+    overrides = _processor_overrides(value)
+    return (_identity(value), sorted(overrides.items(), key=str)) if overrides else _identity(value)
+
+
 def _require_same(cfg_name: str, what: str, entries: list[tuple[str, Any]], fix: str) -> None:
     distinct = {repr(v) for _, v in entries}
     if len(distinct) > 1:
@@ -296,19 +310,26 @@ def _json(path: str) -> dict | None:
         return None
 
 
-def tower_tokens(path: str, select_feature: str = 'patch') -> tuple[int, int] | None:
+def tower_tokens(path: str, select_feature: str = 'patch', image_size: int | None = None,
+                 pool: int = 1) -> tuple[int, int] | None:
     """(tokens per image, image_size) a vision tower saved at ``path`` produces, from its config.json.
 
-    Mirrors :class:`~mllm_align.models.VisionTower`: ``(image_size // patch_size) ** 2`` patch
-    tokens, plus the prefix tokens (CLS: 1 for CLIP, 1 + registers for DINOv2, 0 for SigLIP) with
-    ``select_feature='cls_patch'``. None when the directory or a size is missing, or the tower type
-    is not one of those (:func:`check_settings_agree` then warns that it could not check).
+    Mirrors :class:`~mllm_align.models.VisionTower`: ``(image_size // patch_size // pool) ** 2`` patch
+    tokens (``image_size`` the tower's override, else the config's), plus the prefix tokens (CLS: 1 for
+    CLIP, 1 + registers for DINOv2, 0 for SigLIP) with ``select_feature='cls_patch'``; and
+    :class:`~mllm_align.models.cnn_tower.CNNFeatureMapTower`'s flattened map (EfficientNet-Lite0). None when
+    the directory or a size is missing, or the tower type is not one of those (:func:`check_settings_agree`
+    then warns that it could not check).
     """
     config = _json(osp.join(str(path), 'config.json'))
     if config is None:
         return None
     config = config.get('vision_config', config)
-    size, patch = config.get('image_size'), config.get('patch_size')
+    if config.get('architecture') == 'efficientnet-lite0':
+        from mllm_align.models.cnn_tower import feature_grid_size
+        size = image_size or config.get('image_size')
+        return (feature_grid_size(size) ** 2, size) if isinstance(size, int) else None
+    size, patch = image_size or config.get('image_size'), config.get('patch_size')
     model_type = str(config.get('model_type', ''))
     if not isinstance(size, int) or not isinstance(patch, int) or patch <= 0:
         return None
@@ -320,15 +341,19 @@ def tower_tokens(path: str, select_feature: str = 'patch') -> tuple[int, int] | 
         prefix = 1 + int(config.get('num_register_tokens') or 0)
     else:
         return None
-    tokens = (size // patch) ** 2 + (prefix if select_feature == 'cls_patch' else 0)
+    tokens = (size // patch // max(int(pool), 1)) ** 2 + (prefix if select_feature == 'cls_patch' else 0)
     return tokens, size
 
 
-def processor_output_size(path: str) -> int | None:
-    """Square side the image processor saved at ``path`` outputs (crop, else resize), if readable."""
+def processor_output_size(path: str, overrides: Mapping[str, Any] | None = None) -> int | None:
+    """Square side the image processor saved at ``path`` outputs (crop, else resize), if readable.
+
+    ``overrides``: attributes a config passes to ``load_image_processor`` (``size``, ``crop_size``, …).
+    """
     config = _json(osp.join(str(path), 'preprocessor_config.json'))
     if config is None:
         return None
+    config = {**config, **(overrides or {})}
     size = config.get('crop_size') if config.get('do_center_crop') else config.get('size')
     if isinstance(size, Mapping):
         side = size.get('height') or size.get('shortest_edge')
@@ -362,15 +387,18 @@ def check_settings_agree(cfg: Config) -> None:
                   'The model and the data must tokenize alike: point every tokenizer at the same path '
                   '(PART 1 `llm_name_or_path`, e.g. --cfg-options llm_name_or_path=<dir>).')
 
-    processors = [(f'{p}.image_processor', _identity(d['image_processor']))
+    processors = [(f'{p}.image_processor', _processor_identity(d['image_processor']))
                   for p, d in [*datasets, *hooks] if d.get('image_processor') is not None]
+    cfg_proc = {f'{p}.image_processor': d['image_processor'] for p, d in [*datasets, *hooks]
+                if d.get('image_processor') is not None}
     _require_same(name, 'image processor', processors,
                   'Images must be preprocessed as in training: use one image processor everywhere '
                   '(PART 1 `visual_encoder_name_or_path`).')
 
     tower = model.get('visual_encoder')
     if isinstance(tower, Mapping) and isinstance(tower.get('path'), str):
-        found = tower_tokens(tower['path'], str(tower.get('select_feature', 'patch')))
+        found = tower_tokens(tower['path'], str(tower.get('select_feature', 'patch')), tower.get('image_size'),
+                             int(tower.get('pool', 1)))
         if found is None and osp.isfile(osp.join(tower['path'], 'config.json')):
             from mmengine.logging import print_log
             print_log(f'Config {name}: cannot compute the image-token count of the vision tower at '
@@ -388,7 +416,9 @@ def check_settings_agree(cfg: Config) -> None:
                         f'tokens per image. Set num_image_tokens = {tokens} (PART 1; --cfg-options '
                         f'num_image_tokens={tokens}).')
             for path, proc in processors:
-                side = processor_output_size(proc) if isinstance(proc, str) else None
+                side = processor_output_size(_identity(cfg_proc[path]), _processor_overrides(cfg_proc[path]))
+                if not isinstance(side, int):
+                    side = None
                 if side is not None and side != size:
                     raise ConfigMismatchError(
                         f'Config {name}: {path} ({proc!r}) outputs {side}×{side} images but the vision '

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..data.mir_probe import DEFAULT_TEXT_MAX_TOKENS, build_mir_probe
-from ..evaluation.checkpoints import CheckpointRef, discover_checkpoints
+from ..evaluation.checkpoints import CheckpointRef, discover_checkpoints, untrained_snapshot
 from ..evaluation.mir import MIR_RESULTS_FORMAT, MIREvaluator, check_mir_settings
-from ..evaluation.runner import SettingsMismatch, evaluate_checkpoints
+from ..evaluation.runner import SettingsMismatch, default_out_dir, evaluate_checkpoints
 from .build import (
     build_model_from_config,
     config_sha256,
@@ -47,7 +47,7 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
                  text_max_tokens: int | None = DEFAULT_TEXT_MAX_TOKENS, seed: int | None = 0, batch_size: int = 1,
                  skip_bad_images: bool = False, template: str | None = None, overwrite: bool = False,
                  progress: bool = True, plots: bool = True, console: Any = None,
-                 model_factory: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
+                 model_factory: Callable[[], Any] | None = None, untrained: bool = False) -> list[dict[str, Any]]:
     """Score every checkpoint of ``target`` with MIR; write ``mir.json``, ``mir.csv`` and two PNGs.
 
     Args:
@@ -72,9 +72,12 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
         plots: write the PNGs.
         console: a rich ``Console`` for the tables (default: a new one on stdout).
         model_factory: builds the base model instead of the config (tests).
+        untrained: also score the config's model as built, before any training (its projector at its seeded
+            random init), as iteration 0 (``<out>/untrained/iter_0.pth``, saved once per config).
 
     Returns:
-        The records of every checkpoint of ``target`` (computed now or earlier), in iteration order.
+        The records of every checkpoint of ``target`` (computed now or earlier), in iteration order
+        (the untrained one first).
 
     Raises:
         MIRSettingsMismatch: ``mir.json`` exists with other settings (and not ``overwrite``).
@@ -114,8 +117,31 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
         dtype=str(torch_dtype).replace('torch.', '') if torch_dtype else 'config',
         config=None if config is None else str(Path(config).resolve()),
         config_sha256=None if config is None else config_sha256(config), template=template)
-    results = evaluate_checkpoints(
-        target, evaluator, build_model=model_factory or (lambda: build_model_from_config(cfg)),
-        out_dir=out_dir, model_settings=model_settings, source=str(config), template=template, dtype=torch_dtype,
-        device=device, overwrite=overwrite, progress=progress, plots=plots, console=console)
-    return results[evaluator.name]
+    if untrained and kind != 'pth':
+        raise ValueError('--untrained scores a config\'s model before training; give the work dir of .pth '
+                         'checkpoints and its --config (an HF directory has no untrained state).')
+    built: list[Any] = []
+
+    def build() -> Any:  # once, for the untrained snapshot and the series
+        if not built:
+            built.append(model_factory() if model_factory is not None else build_model_from_config(cfg))
+        return built[0]
+
+    common = dict(build_model=build, model_settings=model_settings, source=str(config), template=template,
+                  dtype=torch_dtype, device=device, overwrite=overwrite, progress=progress, plots=plots,
+                  console=console)
+    records: list[dict[str, Any]] = []
+    if untrained:
+        import torch
+        out = Path(out_dir) if out_dir is not None else default_out_dir(target, kind, evaluator.name)
+        out_dir = out
+
+        def build_seeded() -> Any:  # the init is drawn from the RNG: seed it, so the point is reproducible
+            torch.manual_seed(0 if seed is None else seed)
+            built.clear()
+            return build()
+
+        records += evaluate_checkpoints(untrained_snapshot(out, build_seeded, model_settings), evaluator,
+                                        out_dir=out, **common)[evaluator.name]
+    records += evaluate_checkpoints(target, evaluator, out_dir=out_dir, **common)[evaluator.name]
+    return records

@@ -13,3 +13,16 @@ from .runner import SettingsMismatch, evaluate_checkpoints, load_results
 
 __all__ = ['CheckpointRef', 'MIREvaluator', 'MIR_RESULTS_FORMAT', 'ModelEvaluator', 'SettingsMismatch',
            'discover_checkpoints', 'evaluate_checkpoints', 'load_results', 'load_trained_state', 'sorted_records']
+from .chat import ChatSession, answer_batch  # noqa: E402
+from .vqa import (  # noqa: E402
+    VQA_RESULTS_FORMAT,
+    VQAEvaluator,
+    load_vqa_samples,
+    majority_baseline,
+    normalize_answer,
+    question_type,
+    vqa_accuracy,
+)
+
+__all__ += ['ChatSession', 'VQAEvaluator', 'VQA_RESULTS_FORMAT', 'answer_batch', 'load_vqa_samples',
+            'majority_baseline', 'normalize_answer', 'question_type', 'vqa_accuracy']

@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from mmengine.logging import print_log
 
@@ -24,7 +24,11 @@ from ..models.hf_llava import hf_dir_model_type, registered_hf_model_types
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-__all__ = ['CheckpointRef', 'discover_checkpoints', 'load_trained_state']
+__all__ = ['UNTRAINED_NAME', 'CheckpointRef', 'discover_checkpoints', 'load_trained_state', 'save_untrained_checkpoint',
+           'untrained_snapshot']
+
+#: ``<out>/untrained/iter_0.pth``: the model as a config builds it, scored as iteration 0 (before training).
+UNTRAINED_NAME = 'untrained'
 
 
 @dataclass(frozen=True)
@@ -150,3 +154,38 @@ def load_trained_state(model: 'torch.nn.Module', ref: CheckpointRef, seen_keys: 
                          'score it in a separate call so that no weight from another checkpoint remains.')
     seen_keys.update(state)
     return int(meta['iter']) if isinstance(meta, dict) and isinstance(meta.get('iter'), int) else None
+
+
+def save_untrained_checkpoint(model: 'torch.nn.Module', path: str | os.PathLike) -> Path:
+    """Save ``model``'s trainable weights as an iteration-0 checkpoint (``{'state_dict', 'meta': {'iter': 0}}``),
+    written to a temporary sibling and renamed into place."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        torch.save({'state_dict': state, 'meta': {'iter': 0}}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def untrained_snapshot(out_dir: str | os.PathLike, build: 'Callable[[], torch.nn.Module]',
+                       model_settings: dict[str, Any]) -> Path:
+    """``out_dir/untrained/iter_0.pth``: the model as ``build()`` makes it, saved once per ``model_settings``
+    (a ``model_settings.json`` stamp beside it: another config or dtype saves it again), so that the runner
+    scores "before training" as iteration 0 and a re-run skips it."""
+    import json
+
+    from .runner import atomic_write_text
+
+    snapshot = Path(out_dir) / UNTRAINED_NAME / 'iter_0.pth'
+    stamp = snapshot.with_name('model_settings.json')
+    wanted = json.dumps(model_settings, sort_keys=True)
+    if not snapshot.is_file() or not stamp.is_file() or stamp.read_text() != wanted:
+        save_untrained_checkpoint(build(), snapshot)
+        atomic_write_text(stamp, wanted)
+    return snapshot

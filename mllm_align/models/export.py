@@ -103,6 +103,11 @@ def _check_parts(model: 'LLaVAModel') -> None:
             LlavaForConditionalGeneration has no place for.
     """
     check_plugins_exportable(model, 'LlavaForConditionalGeneration')
+    if getattr(model.visual_encoder, 'pool', 1) != 1:
+        raise ValueError(f'model.visual_encoder pools its patch grid (pool={model.visual_encoder.pool}), which '
+                         'LlavaForConditionalGeneration cannot do: its image tokens would differ from training. '
+                         'Keep evaluating this model with mllm_align (tools/eval_mir.py, tools/eval_vqa.py, '
+                         'tools/chat.py), or train without pooling to export.')
     known = {id(m) for m in (model.language_model, model.visual_encoder, model.projector, model.data_preprocessor)}
     known |= {id(p) for p in model.plugins.values()}
     extra = [name for name, child in model.named_children()
@@ -261,8 +266,8 @@ def export_llava_to_hf(model: 'LLaVAModel', out_dir: str | os.PathLike, image_pr
                   logger='current', level=logging.WARNING)
     training_image_processor = image_processor
     if image_processor is not None:
-        _check_image_processor(image_processor, tower.config.image_size)
-        image_processor = llava_image_processor(image_processor, pad_image_to_square, tower.config.image_size)
+        _check_image_processor(image_processor, tower.image_size)
+        image_processor = llava_image_processor(image_processor, pad_image_to_square, tower.image_size)
 
     llm, llm_merged = _unwrap_lora(model.language_model)
     vision, vision_merged = _unwrap_lora(tower.model)
@@ -285,6 +290,7 @@ def export_llava_to_hf(model: 'LLaVAModel', out_dir: str | os.PathLike, image_pr
     vision_config = copy.deepcopy(vision.config)
     for cfg in (text_config, vision_config):
         cfg.dtype = out_dtype
+    vision_config.image_size = tower.image_size  # the input size it was trained at (visual_encoder image_size)
     config = LlavaConfig(
         vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
         projector_hidden_act=act, vision_feature_select_strategy=strategy,

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .base import MultimodalModel
 
-__all__ = ['EXPORT_INFO_NAME', 'check_plugins_exportable', 'export_plugins', 'plugin_label', 'prepare_out_dir',
-           'staged_export_dir']
+__all__ = ['EXPORT_INFO_NAME', 'apply_umask', 'check_plugins_exportable', 'export_plugins', 'plugin_label',
+           'prepare_out_dir', 'staged_export_dir']
 
 #: Written into every export directory: source, settings, template, plug-ins.
 EXPORT_INFO_NAME = 'mllm_align_export.json'
@@ -77,6 +77,20 @@ def export_plugins(model: 'MultimodalModel', out_dir: Path) -> list[dict[str, An
     return entries
 
 
+def apply_umask(directory: Path) -> None:
+    """Give ``directory``, its sub-directories and files the modes the umask allows.
+
+    ``tempfile.mkdtemp`` (and some writers) create private (0700 / 0600) entries; a directory renamed into
+    place from a temporary one should look as if it had been written in place.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, dirs, files in os.walk(directory):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def staged_export_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``out_dir`` to write into; on success it replaces ``out_dir`` (a previous
@@ -85,6 +99,7 @@ def staged_export_dir(out_dir: Path) -> Iterator[Path]:
     tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.', suffix='.tmp'))
     try:
         yield tmp_dir
+        apply_umask(tmp_dir)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp_dir, out_dir)

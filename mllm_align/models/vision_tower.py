@@ -5,6 +5,12 @@ al. 2023) and drops the CLS token (``select_feature='patch'``). Encoders differ 
 non-patch tokens lead the sequence: CLIP has one CLS token, SigLIP none, DINOv2 one CLS token plus
 ``num_register_tokens`` registers. :class:`VisionTower` knows this per family, so ``'patch'`` always
 yields exactly the ``(image_size / patch_size)²`` patch tokens.
+
+Two knobs trade tokens for speed without touching the encoder: ``image_size`` runs the encoder at another
+input size than its config's (DINOv2 and SigLIP interpolate their position embeddings; CLIP is passed
+``interpolate_pos_encoding=True``), and ``pool=k`` average-pools the g×g patch grid in k×k windows,
+``(g/k)²`` tokens (the 2×2 pooling of LLaVA-NeXT-style token reduction). Both change what the LLM sees,
+so a dataset's ``num_image_tokens`` must follow (``num_tokens`` tells it; the config check compares).
 """
 from __future__ import annotations
 
@@ -59,6 +65,8 @@ class VisionTower(nn.Module):
         dtype: parameter dtype name.
         trust_remote_code: allow custom modelling code (e.g. RADIO, InternViT).
         model: an already built vision model instead of ``path`` (tests, composition).
+        image_size: the input side the image processor delivers, if not the config's ``image_size``.
+        pool: average-pool the patch grid in ``pool``×``pool`` windows (1 = off); the grid side must divide.
 
     Shapes: ``forward(pixel_values [N, 3, H, W]) -> [N, P, C]`` with P patch (+prefix) tokens.
 
@@ -68,7 +76,8 @@ class VisionTower(nn.Module):
 
     def __init__(self, path: str | None = None, select_layer: int = -2,
                  select_feature: SelectFeature = 'patch', dtype: str | torch.dtype = 'float32',
-                 trust_remote_code: bool = False, model: nn.Module | None = None) -> None:
+                 trust_remote_code: bool = False, model: nn.Module | None = None,
+                 image_size: int | None = None, pool: int = 1) -> None:
         super().__init__()
         if model is None:
             if path is None:
@@ -84,6 +93,13 @@ class VisionTower(nn.Module):
         if not -(num_layers + 1) <= select_layer <= num_layers:
             raise ValueError(f'select_layer={select_layer} is out of range for a vision encoder with '
                              f'{num_layers} layers (valid: {-(num_layers + 1)}..{num_layers}).')
+        self.image_size = int(image_size or self.config.image_size)
+        self.pool = int(pool)
+        grid = self.image_size // self.config.patch_size
+        if self.pool < 1 or grid % self.pool:
+            raise ValueError(f'visual_encoder pool={pool}: the {grid}×{grid} patch grid (image_size '
+                             f'{self.image_size} / patch {self.config.patch_size}) is not divisible by it; '
+                             'choose a pool that divides the grid side, or another image_size.')
 
     @property
     def config(self) -> Any:
@@ -106,9 +122,14 @@ class VisionTower(nn.Module):
         return int(getattr(self.config, 'num_prefix_tokens', 1))
 
     @property
+    def grid_size(self) -> int:
+        """g, the side of the patch grid before pooling: ``image_size // patch_size``."""
+        return self.image_size // self.config.patch_size
+
+    @property
     def num_patches(self) -> int:
-        """Patch tokens per image: ``(image_size // patch_size) ** 2``."""
-        return (self.config.image_size // self.config.patch_size) ** 2
+        """Patch tokens per image after pooling: ``(g // pool) ** 2``."""
+        return (self.grid_size // self.pool) ** 2
 
     @property
     def num_tokens(self) -> int:
@@ -126,12 +147,18 @@ class VisionTower(nn.Module):
         self.model = apply_lora(self.model, lora_cfg, config_key='visual_encoder_lora')
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=True)
-        feats = out.hidden_states[self.select_layer]  # (N, prefix + P, C)
-        if self.select_feature == 'patch':
-            feats = feats[:, self.num_prefix_tokens:]
-        if feats.shape[1] != self.num_tokens:
-            raise ValueError(f'Vision encoder returned {feats.shape[1]} tokens per image, expected '
-                             f'{self.num_tokens}: check that the image processor size matches '
-                             f'the encoder (image_size={self.config.image_size}).')
-        return feats
+        kwargs: dict[str, Any] = dict(output_hidden_states=True)
+        if self.image_size != self.config.image_size and isinstance(self.config, CLIPVisionConfig):
+            kwargs['interpolate_pos_encoding'] = True  # DINOv2 and SigLIP interpolate by themselves
+        out = self.model(pixel_values=pixel_values.to(self.dtype), **kwargs)
+        feats = out.hidden_states[self.select_layer]  # (N, prefix + g², C)
+        prefix, patches = feats[:, :self.num_prefix_tokens], feats[:, self.num_prefix_tokens:]
+        if patches.shape[1] != self.grid_size ** 2:
+            raise ValueError(f'Vision encoder returned {patches.shape[1]} patch tokens per image, expected '
+                             f'{self.grid_size ** 2}: check that the image processor outputs '
+                             f'{self.image_size}×{self.image_size} images (visual_encoder image_size).')
+        if self.pool > 1:
+            n, g, c, k = patches.shape[0], self.grid_size, patches.shape[-1], self.pool
+            grid = patches.transpose(1, 2).reshape(n, c, g, g)  # (N, C, g, g), row-major patches
+            patches = nn.functional.avg_pool2d(grid, k).flatten(2).transpose(1, 2)  # (N, (g/k)², C)
+        return torch.cat([prefix, patches], dim=1) if self.select_feature == 'cls_patch' else patches

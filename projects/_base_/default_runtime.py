@@ -1,18 +1,31 @@
-"""PART 5 boilerplate shared by every mllm_align config (hooks, environment, logging).
+"""PART 5 shared by every mllm_align config: default hooks, environment, visualizer, logging, seed.
 
-Configs import it with ``with read_base(): from ..._base_.default_runtime import *`` and then set
-``default_hooks.checkpoint`` from their own PART 1 (interval, how many to keep).
+A base recipe imports it (with ``default_schedule.py``) in its ``read_base()`` block and sets from its own
+PART 1 only what differs between recipes, the checkpoint interval and how many to keep::
+
+    default_hooks.checkpoint.update(interval=save_steps, max_keep_ckpts=save_total_limit)
+
+A fix to any hook, the environment or logging made here reaches every config. The runner keys that name
+a recipe's own parts (``custom_hooks``: chat samples, MIR) stay in the recipe.
 """
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.visualization import LocalVisBackend, Visualizer
 
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+save_optimizer = True  # in every checkpoint: needed for exact --resume
+
+#######################################################################
+#                           PART 5  Runtime                           #
+#######################################################################
 default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, interval=10, log_metric_by_epoch=False),
     param_scheduler=dict(type=ParamSchedulerHook),
-    # Overridden per config from PART 1 (save_steps, save_total_limit, save_optimizer).
+    # interval and max_keep_ckpts: set by each recipe from its PART 1 (save_steps, save_total_limit).
     checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=500, max_keep_ckpts=-1,
-                    save_optimizer=True),
+                    save_optimizer=save_optimizer),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 env_cfg = dict(

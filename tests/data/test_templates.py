@@ -59,11 +59,11 @@ def llava_turns(messages):
 
 # ------------------------------------------------------------------------------ registry
 def test_registered_templates():
-    assert {'plain', 'vicuna_v1', 'llama3', 'qwen2', 'phi3', 'mistral'} <= set(TEMPLATES)
+    assert {'plain', 'vicuna_v1', 'llama3', 'qwen2', 'chatml', 'smollm2', 'phi3', 'mistral'} <= set(TEMPLATES)
     assert get_template('qwen2') is TEMPLATES['qwen2']
     assert get_template(TEMPLATES['phi3']) is TEMPLATES['phi3']
-    with pytest.raises(ValueError, match=r"Unknown chat template 'chatml'.*'llama3'.*'qwen2'"):
-        get_template('chatml')
+    with pytest.raises(ValueError, match=r"Unknown chat template 'chat_ml'.*'llama3'.*'qwen2'"):
+        get_template('chat_ml')
     with pytest.raises(ValueError, match='already registered'):
         register_template(ChatTemplate(name='qwen2'))
     with pytest.raises(Exception):  # frozen
@@ -124,6 +124,30 @@ def test_real_qwen2_and_phi3_templates(conv):
             ours = render_conversation(msgs, tok, KINDS[kind], add_generation_prompt=gen)
             assert ours == _real(msgs, tok, which, gen)
             assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen) == ours
+
+
+@pytest.mark.parametrize('conv', range(len(CONVERSATIONS)))
+def test_real_smollm2_template(conv):
+    """SmolLM2-Instruct's GGUF template: ChatML with its own default system prompt, a newline after every turn."""
+    tok = tiny('qwen2')  # ChatML special tokens
+    messages = CONVERSATIONS[conv]
+    for gen in (False, True):
+        msgs = messages[:-1] if gen else messages
+        ours = render_conversation(msgs, tok, 'smollm2', add_generation_prompt=gen)
+        assert ours == _real(msgs, tok, 'smollm2', gen)
+    assert get_template('smollm2').stop_token_ids(tok)[0] == tok.convert_tokens_to_ids(REAL['smollm2']['eos_token'])
+
+
+@pytest.mark.parametrize('conv', range(len(CONVERSATIONS)))
+def test_chatml_is_qwen3s_template_and_smollm2_without_its_default_system(conv):
+    tok = tiny('qwen2')
+    history = CONVERSATIONS[conv][:-1]
+    ours = render_conversation(history, tok, 'chatml', add_generation_prompt=True)
+    assert ours == _real(history, tok, 'qwen3', True)  # Qwen3: a system block only when one is given
+    assert ('<|im_start|>system' in ours) == (history[0]['role'] == 'system')
+    with_system = [{'role': 'system', 'content': 'Be brief.'}] + [m for m in history if m['role'] != 'system']
+    assert render_conversation(with_system, tok, 'chatml', add_generation_prompt=True) == \
+        render_conversation(with_system, tok, 'smollm2', add_generation_prompt=True)
 
 
 @pytest.mark.parametrize('conv', range(len(CONVERSATIONS)))

@@ -7,22 +7,22 @@ tower stays frozen. Global batch 128 (8 GPUs × 16), lr 2e-5, cosine with 3 % wa
 
     bash tools/dist.sh train projects/llava/configs/finetune/llava_v15_7b_finetune.py 8 --deepspeed deepspeed_zero3
 
-Written in full: the method recipes (``projects/moca``, ``projects/cal``, ``projects/visual_words``)
-inherit it with ``read_base()`` and state only their own block. Edit PART 1 paths to your local
+Written in full but for what every base recipe shares, taken from ``projects/_base_/``: the runtime
+(``default_runtime.py``) and the schedule (``default_schedule.py``; this recipe sets its lr). The method
+recipes (``projects/moca``, ``projects/cal``, ``projects/visual_words``) inherit it with ``read_base()``
+and state only their own block. Edit PART 1 paths to your local
 copies (see data/README.md). Tiny CPU twin:
 ``llava_v15_7b_finetune_tiny_cpu.py``.
 """
 from mmengine.config import read_base
-from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
-from torch.optim import AdamW
 
 from mllm_align.data import LengthGroupedSampler, LLaVADataset, llava_collate_fn
 from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook
-from mllm_align.engine.loops import TrainLoop
 from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
 
 with read_base():
-    from ...._base_.default_runtime import *  # noqa: F401,F403
+    from ...._base_.default_runtime import *  # noqa: F401,F403 (PART 5: hooks, env, logging)
+    from ...._base_.default_schedule import *  # noqa: F401,F403 (PART 4: AdamW, warm-up + cosine)
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -41,19 +41,15 @@ llm_dtype = 'bfloat16'
 attn_implementation = 'flash_attention_2'  # 'sdpa' if flash-attn is not installed
 
 batch_size = 16  # per device; 8 devices → global 128
-accumulative_counts = 1
 dataloader_num_workers = 4
-max_epochs = 1
-lr = 2e-5
-betas = (0.9, 0.999)
-weight_decay = 0
-max_norm = 1  # gradient clipping
-warmup_ratio = 0.03
+lr = 2e-5  # the whole LLM trains
 on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
+# The rest of the schedule is LLaVA-1.5's, shared by the base recipes (PART 1 of projects/_base_/default_schedule.py:
+# max_epochs 1, warmup_ratio 0.03, betas, weight_decay 0, max_norm 1, accumulative_counts 1);
+# save_optimizer (True) is in projects/_base_/default_runtime.py.
 
 save_steps = 1000
 save_total_limit = 2  # full-LLM checkpoints are ~14 GB each
-save_optimizer = True  # needed for exact --resume
 
 # Chat samples during training (EvaluateChatHook): any local images and questions.
 evaluation_freq = 500
@@ -100,35 +96,21 @@ train_dataloader = dict(
     num_workers=dataloader_num_workers,
     persistent_workers=dataloader_num_workers > 0,
     dataset=train_dataset,
-    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
+    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),  # noqa: F405
     collate_fn=dict(type=llava_collate_fn))
 
 #######################################################################
 #                    PART 4  Scheduler & Optimizer                    #
 #######################################################################
-optim_wrapper = dict(
-    type=AmpOptimWrapper,
-    optimizer=dict(type=AdamW, lr=lr, betas=betas, weight_decay=weight_decay),
-    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
-    accumulative_counts=accumulative_counts,
-    loss_scale='dynamic',
-    dtype='bfloat16')
-
-param_scheduler = [
-    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs,
-         convert_to_iter_based=True),
-    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs,
-         end=max_epochs, convert_to_iter_based=True),
-]
-
-train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
+# optim_wrapper, param_scheduler, train_cfg: projects/_base_/default_schedule.py (AdamW, bf16 AMP, clipping,
+# linear warm-up then cosine over max_epochs); the learning rate is this recipe's.
+optim_wrapper.optimizer.update(lr=lr)  # noqa: F405
 
 #######################################################################
 #                           PART 5  Runtime                           #
 #######################################################################
-default_hooks.update(  # noqa: F405
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps,  # noqa: F405
-                    max_keep_ckpts=save_total_limit, save_optimizer=save_optimizer))
+# default_hooks, env_cfg, visualizer, log_processor, randomness: projects/_base_/default_runtime.py.
+default_hooks.checkpoint.update(interval=save_steps, max_keep_ckpts=save_total_limit)  # noqa: F405
 custom_hooks = [
     dict(type=DatasetInfoHook),
     dict(type=EvaluateChatHook, image_processor=image_processor, evaluation_images=evaluation_images,

@@ -10,13 +10,12 @@ tokens), fp32, plain OptimWrapper, lr 2e-4, 256-token budget, 2 processes × bat
 a checkpoint every 5 iterations (all kept). ``tests/test_configs.py`` checks that nothing else differs.
 A method recipe on Qwen2-VL would get a twin that imports this one and adds the method's blocks.
 """
-# ruff: noqa: F403, F405 (the recipe's names come from the read_base() chain)
+# ruff: noqa: F403, F405, I001 (names from the read_base() chain; the recipe first, then tiny_cpu.py rebinds)
 from mmengine.config import read_base
-from mmengine.optim import OptimWrapper
 
 with read_base():
-    from .qwen2_vl_2b_instruct_finetune import *  # noqa: I001 (the real recipe first, then the tiny values)
-    from ...._base_.tiny_cpu import *  # tiny paths, sizes and precision (rebinds the recipe's PART 1)
+    from .qwen2_vl_2b_instruct_finetune import *  # the real recipe
+    from ...._base_.tiny_cpu import *  # tiny values, fp32 schedule, tiny runtime (replace the recipe's names)
 
 qwen2_vl_name_or_path = data_root + 'qwen2_vl'  # built by tools/build_tiny_assets.py (build_tiny_qwen2_vl)
 min_pixels = 16 * 16  # the tiny processor's 8-px grid: ≥ 4 tokens per image
@@ -25,21 +24,14 @@ data_path = sft_data_path
 lr = sft_lr
 evaluation_inputs = sft_evaluation_inputs
 
+optim_wrapper.optimizer.update(lr=lr)  # into tiny_cpu.py's fp32 optim_wrapper
+
 # The recipe's fields that hold a PART 1 value, written again with the tiny ones.
 tokenizer.update(path=qwen2_vl_name_or_path)
 image_processor.update(path=qwen2_vl_name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
 model.update(path=qwen2_vl_name_or_path, dtype=llm_dtype, attn_implementation=attn_implementation,
              tokenizer=tokenizer, image_processor=image_processor, max_new_tokens=max_new_tokens)
-train_dataset.update(data_path=data_path, image_folder=image_folder, tokenizer=tokenizer,
-                     image_processor=image_processor, max_length=max_length, num_image_tokens=num_image_tokens)
-train_dataloader.update(
-    batch_size=batch_size, num_workers=dataloader_num_workers, persistent_workers=dataloader_num_workers > 0,
-    sampler=dict(per_device_batch_size=batch_size * accumulative_counts), dataset=train_dataset)
-optim_wrapper.update(type=OptimWrapper, optimizer=dict(lr=lr))  # fp32 on CPU: AmpOptimWrapper refuses CPU
-optim_wrapper.pop('loss_scale')
-optim_wrapper.pop('dtype')
-param_scheduler[0].update(end=warmup_ratio * max_epochs)  # LinearLR warm-up
-param_scheduler[1].update(begin=warmup_ratio * max_epochs)  # cosine
-default_hooks.checkpoint.update(interval=save_steps, max_keep_ckpts=save_total_limit)
-custom_hooks[1].update(image_processor=image_processor, evaluation_images=evaluation_images,  # EvaluateChatHook
-                       evaluation_inputs=evaluation_inputs, every_n_iters=evaluation_freq)
+train_dataset.update(tiny_dataset, data_path=data_path, tokenizer=tokenizer, image_processor=image_processor)
+train_dataloader.update(tiny_loader, dataset=train_dataset)
+custom_hooks[1].update(tiny_chat_hook, evaluation_inputs=evaluation_inputs,  # EvaluateChatHook
+                       image_processor=image_processor)
