@@ -22,7 +22,7 @@ import torch
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from ..data.collate import llava_collate_fn
 from ..data.image_processing import process_image_inputs
-from ..data.templates import build_generation_prompt, get_template
+from ..data.templates import build_generation_prompt
 from ..models.splice import MultimodalInputs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -31,22 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..models.base import MultimodalModel
 
 __all__ = ['ChatSession', 'answer_batch', 'build_chat_batch', 'decode_answers', 'generate_answer_ids',
-           'sample_ids', 'stop_token_ids']
-
-
-def stop_token_ids(model: 'MultimodalModel') -> list[int]:
-    """Ids that end an answer: the template's stop tokens (+ EOS), else the LLM's ``generation_config`` EOS
-    (the rule of ``MultimodalModel.predict``).
-
-    Raises:
-        ValueError: the model has no tokenizer.
-    """
-    if model.tokenizer is None:
-        raise ValueError(f'{type(model).__name__} has no tokenizer: chat and VQA need `tokenizer=` on the model.')
-    if model.template is not None:
-        return get_template(model.template).stop_token_ids(model.tokenizer)
-    eos = model.language_model.generation_config.eos_token_id or model.tokenizer.eos_token_id
-    return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
+           'sample_ids']
 
 
 def _model_device(model: 'MultimodalModel') -> torch.device:
@@ -116,7 +101,7 @@ def sample_ids(model: 'MultimodalModel', inputs: MultimodalInputs, eos_token_id:
     Args:
         model: the model.
         inputs: ``model.prepare_inputs(data, padding_side='left')``.
-        eos_token_id: stop ids (:func:`stop_token_ids`).
+        eos_token_id: stop ids (``model.stop_token_ids()``).
         max_new_tokens: at most this many new tokens.
         temperature: τ > 0.
         generator: the seeded ``torch.Generator`` (on the model's device) that makes the draw reproducible.
@@ -161,9 +146,9 @@ def generate_answer_ids(model: 'MultimodalModel', data: dict[str, Any], *, max_n
                         temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:
     """New token ids per sample for a batch of :func:`build_chat_batch`, cut before the first stop id.
 
-    Greedy (``temperature == 0``) goes through the base's own ``generate_ids`` after announcing the prefill to
-    the plug-ins, exactly as ``MultimodalModel.predict`` does (only ``max_new_tokens`` is an argument here
-    instead of the model's attribute); ``temperature > 0`` samples with :func:`sample_ids`.
+    Greedy (``temperature == 0``) is the model's own ``greedy_ids``, what ``MultimodalModel.predict`` runs
+    (``max_new_tokens`` an argument here instead of the model's attribute); ``temperature > 0`` samples with
+    :func:`sample_ids`.
 
     Raises:
         ValueError: ``temperature < 0`` or ``max_new_tokens < 1``.
@@ -172,13 +157,12 @@ def generate_answer_ids(model: 'MultimodalModel', data: dict[str, Any], *, max_n
         raise ValueError(f'temperature must be >= 0 (0 = greedy), got {temperature}.')
     if max_new_tokens < 1:
         raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}.')
-    stops = stop_token_ids(model)
-    inputs = model.prepare_inputs(data, padding_side='left')
+    stops = model.stop_token_ids()
     if temperature == 0:
-        model.notify_plugins(inputs)  # the prefill; 1-token decode steps carry no image tokens
-        out = model.generate_ids(inputs, data, stops, max_new_tokens)
+        out = model.greedy_ids(data, max_new_tokens)
     else:
-        out = sample_ids(model, inputs, stops, max_new_tokens, temperature, generator)
+        out = sample_ids(model, model.prepare_inputs(data, padding_side='left'), stops, max_new_tokens, temperature,
+                         generator)
     answers = []
     for ids in out.tolist():
         cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))

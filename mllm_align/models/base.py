@@ -443,6 +443,28 @@ class MultimodalModel(BaseModel):
             raise RuntimeError(f'{type(replacing[0]).__name__} replaces the LM loss but returned no `loss_lm`.')
         return losses
 
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end a reply: the chat template's stop tokens (+ EOS), else the LLM's ``generation_config`` EOS.
+
+        Raises:
+            ValueError: the model has no tokenizer.
+        """
+        if self.tokenizer is None:
+            raise ValueError(f'Generation needs a tokenizer: pass `tokenizer=` to {type(self).__name__}.')
+        if self.template is not None:
+            from ..data.templates import get_template
+            return get_template(self.template).stop_token_ids(self.tokenizer)
+        eos = self.language_model.generation_config.eos_token_id or self.tokenizer.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
+
+    @torch.no_grad()
+    def greedy_ids(self, data: dict, max_new_tokens: int | None = None) -> torch.Tensor:
+        """Greedy new-token ids ``[B, new tokens]`` for prompts that end with an open assistant turn, stopping at
+        :meth:`stop_token_ids`; the prefill is announced to the plug-ins (1-token decode steps carry no image)."""
+        inputs = self.prepare_inputs(data, padding_side='left')
+        self.notify_plugins(inputs)
+        return self.generate_ids(inputs, data, self.stop_token_ids(), max_new_tokens or self.max_new_tokens)
+
     @torch.no_grad()
     def predict(self, data: dict) -> list[dict[str, Any]]:
         """Greedy generation for prompts that end with an open assistant turn.
@@ -451,14 +473,7 @@ class MultimodalModel(BaseModel):
         """
         if self.tokenizer is None:
             raise ValueError(f"mode='predict' needs a tokenizer: pass `tokenizer=` to {type(self).__name__}.")
-        inputs = self.prepare_inputs(data, padding_side='left')
-        if self.template is not None:
-            from ..data.templates import get_template
-            eos = get_template(self.template).stop_token_ids(self.tokenizer)
-        else:
-            eos = self.language_model.generation_config.eos_token_id or self.tokenizer.eos_token_id
-        self.notify_plugins(inputs)  # the prefill; 1-token decode steps carry no image tokens
-        out = self.generate_ids(inputs, data, eos, self.max_new_tokens)
+        out = self.greedy_ids(data)
         results = []
         for ids in out.tolist():
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -147,3 +147,23 @@ def assert_bitwise_equal(a: Any, b: Any, where: str = '') -> None:
             assert_bitwise_equal(x, y, f'{where}[{i}]')
     elif a != b:
         raise AssertionError(f'{a!r} != {b!r} at {where or "<root>"}')
+
+
+def write_perturbed_checkpoints(model: Any, work_dir: str | os.PathLike, iterations: tuple[int, ...] = (2, 4),
+                                prefix: str = 'projector', scale: float = 0.5) -> list[Path]:
+    """A checkpoint series without training: ``work_dir/iter_N.pth`` per N, each the model's trained weights
+    with seeded noise (``scale`` · N(0, 1), seed N) added to the parameters under ``prefix``, in the layout the
+    runner reads (``{'state_dict', 'meta': {'iter': N}}``). For evaluator tests, which need distinct checkpoints,
+    not good ones."""
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for it in iterations:
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        gen = torch.Generator().manual_seed(it)
+        for k in state:
+            if k.startswith(prefix):
+                state[k] += scale * torch.randn(state[k].shape, generator=gen)
+        torch.save({'state_dict': state, 'meta': {'iter': it}}, work / f'iter_{it}.pth')
+        paths.append(work / f'iter_{it}.pth')
+    return paths

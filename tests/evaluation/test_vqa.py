@@ -218,17 +218,8 @@ def test_batching_does_not_change_greedy_answers_and_sampling_is_seeded(model, i
 
 def _checkpoints(model, work: Path) -> list[Path]:
     """iter_2.pth / iter_4.pth: the model's trained weights with a perturbed projector (no training needed)."""
-    work.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for it in (2, 4):
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        gen = torch.Generator().manual_seed(it)
-        for k in state:
-            if k.startswith('projector'):
-                state[k] += 0.5 * torch.randn(state[k].shape, generator=gen)
-        torch.save({'state_dict': state, 'meta': {'iter': it}}, work / f'iter_{it}.pth')
-        paths.append(work / f'iter_{it}.pth')
-    return paths
+    from mllm_align.testing.runs import write_perturbed_checkpoints
+    return write_perturbed_checkpoints(model, work)
 
 
 def test_runner_series_files_resume_skip_and_hf_export(model, image_processor, tiny_assets, tmp_path):

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = 'projects/llava/configs/finetune/llava_v15_7b_finetune_tiny_cpu.py'
@@ -38,15 +37,9 @@ def _repo_cwd(monkeypatch):
 def run_dir(tiny_assets, tmp_path_factory):
     """iter_2.pth / iter_4.pth of the tiny config (its trained weights with a perturbed projector; no training)."""
     from mllm_align.engine.build import build_model_from_config
-    model = build_model_from_config(REPO / CONFIG)
+    from mllm_align.testing.runs import write_perturbed_checkpoints
     work = tmp_path_factory.mktemp('vqa_run')
-    for it in (2, 4):
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        gen = torch.Generator().manual_seed(it)
-        for k in state:
-            if k.startswith('projector'):
-                state[k] += 0.5 * torch.randn(state[k].shape, generator=gen)
-        torch.save({'state_dict': state, 'meta': {'iter': it}}, work / f'iter_{it}.pth')
+    write_perturbed_checkpoints(build_model_from_config(REPO / CONFIG), work)
     return work
 
 
