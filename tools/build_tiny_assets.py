@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mllm_align.testing.spair import build_tiny_spair  # noqa: E402
 from mllm_align.testing.tiny_assets import (  # noqa: E402
     STAMP_NAME,
     build_tiny_assets,
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                    vocab_size=args.vocab_size)
         if not args.no_qwen2_vl:
             build_tiny_qwen2_vl(root, force=args.force, seed=args.seed, vocab_size=args.vocab_size)
+        spair = build_tiny_spair(root, seed=args.seed)  # the C score's synthetic pairs (law sweep twin)
     except (OSError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     _print_table(summarize_tiny_assets(assets))
     for name in ('pretrain_json', 'sft_json', 'sft_jsonl', 'eval_json', 'image_folder'):
         print(f'{name:<14} {getattr(assets, name)}')
+    print(f'{"spair":<14} {spair}')
     return 0
 
 

@@ -26,3 +26,6 @@ from .vqa import (  # noqa: E402
 
 __all__ += ['ChatSession', 'VQAEvaluator', 'VQA_RESULTS_FORMAT', 'answer_batch', 'load_vqa_samples',
             'majority_baseline', 'normalize_answer', 'question_type', 'vqa_accuracy']
+from .c_score import CScoreResult, c_score  # noqa: E402
+
+__all__ += ['CScoreResult', 'c_score']
