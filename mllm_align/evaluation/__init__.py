@@ -26,6 +26,7 @@ from .vqa import (  # noqa: E402
 
 __all__ += ['ChatSession', 'VQAEvaluator', 'VQA_RESULTS_FORMAT', 'answer_batch', 'load_vqa_samples',
             'majority_baseline', 'normalize_answer', 'question_type', 'vqa_accuracy']
+from .a_score import A_SCORE_RESULTS_FORMAT, AScoreEvaluator  # noqa: E402
 from .c_score import CScoreResult, c_score  # noqa: E402
 
-__all__ += ['CScoreResult', 'c_score']
+__all__ += ['A_SCORE_RESULTS_FORMAT', 'AScoreEvaluator', 'CScoreResult', 'c_score']

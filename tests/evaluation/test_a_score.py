@@ -1,0 +1,63 @@
+"""A score v3 equals minus the training code's caption loss; batching does not change it; v1 self-score is 1."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mllm_align.engine.a_score_eval import caption_pairs_from_config, evaluate_a_score_v1
+from mllm_align.engine.build import build_model_from_config, load_config
+from mllm_align.evaluation.a_score import AScoreEvaluator
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / 'projects/llava/configs/pretrain/llava_v15_7b_pretrain_tiny_cpu.py'
+
+
+@pytest.fixture(scope='module')
+def setup(tiny_assets):
+    cfg = load_config(CONFIG)
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg)
+    samples, collate, settings = caption_pairs_from_config(cfg, num_pairs=6, seed=3)
+    return model, samples, collate, settings
+
+
+def test_equals_minus_training_loss(setup):
+    model, samples, collate, _ = setup
+    ev = AScoreEvaluator(samples, collate, batch_size=4)
+    record = ev.score(model)
+    with torch.no_grad():
+        losses = [float(model(collate([s])['data'], mode='loss')['loss_lm']) for s in samples]
+    assert record['a_score_v3'] == pytest.approx(-sum(losses) / len(losses), abs=1e-5)
+    assert record['caption_nll'] == pytest.approx(-record['a_score_v3']) and record['pairs'] == 6
+    assert record['tokens'] == sum(int((s['labels'] != -100).sum()) for s in samples)
+    one = AScoreEvaluator(samples, collate, batch_size=1).score(model)
+    assert one['a_score_v3'] == pytest.approx(record['a_score_v3'], abs=1e-5)
+
+
+def test_seeded_sampling(setup, tiny_assets):
+    cfg = load_config(CONFIG)
+    _, samples, _, settings = setup
+    again, _, _ = caption_pairs_from_config(cfg, num_pairs=6, seed=3)
+    assert [s['id'] for s in again] == [s['id'] for s in samples]
+    other, _, _ = caption_pairs_from_config(cfg, num_pairs=6, seed=4)
+    assert [s['id'] for s in other] != [s['id'] for s in samples]
+    assert settings['seed'] == 3 and settings['data']['size'] > 0
+
+
+def test_no_supervised_token_is_named(setup):
+    _, samples, collate, _ = setup
+    bad = dict(samples[0], labels=torch.full_like(samples[0]['labels'], -100))
+    with pytest.raises(ValueError, match=f'{bad["id"]!r} has no supervised caption token'):
+        AScoreEvaluator([bad], collate)
+
+
+def test_v1_self_score_is_one(tiny_assets, tmp_path):
+    from mllm_align.testing.runs import write_perturbed_checkpoints
+
+    model = build_model_from_config(CONFIG)
+    ckpt = write_perturbed_checkpoints(model, tmp_path, iterations=(1,))[0]
+    assert evaluate_a_score_v1((CONFIG, ckpt), [(CONFIG, ckpt)], num_images=4) == pytest.approx(1.0, abs=1e-5)
+    other = write_perturbed_checkpoints(model, tmp_path / 'b', iterations=(2,), scale=2.0)[0]
+    assert evaluate_a_score_v1((CONFIG, ckpt), [(CONFIG, other)], num_images=4) < 0.999
