@@ -31,8 +31,11 @@ CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob('projects/*/c
 # The demo's configs (projects/demo/) run a shipped recipe on real small models at laptop scale: they are
 # their own CPU-sized runs (tests/test_demo.py trains them), so they have no tiny twin and are checked apart.
 DEMOS = [c for c in CONFIGS if c.startswith('projects/demo/')]
-TWINS = [c for c in CONFIGS if c.endswith('_tiny_cpu.py') and c not in DEMOS]
-RECIPES = [c for c in CONFIGS if not c.endswith('_tiny_cpu.py') and c not in DEMOS]
+# The law's stage-1 configs (projects/law/) change the vision representation, not a plug-in: the recipe inherits a
+# base recipe, its twin that recipe's twin, each differing only in the representation (checked apart, below).
+LAW = [c for c in CONFIGS if c.startswith('projects/law/')]
+TWINS = [c for c in CONFIGS if c.endswith('_tiny_cpu.py') and c not in DEMOS + LAW]
+RECIPES = [c for c in CONFIGS if not c.endswith('_tiny_cpu.py') and c not in DEMOS + LAW]
 TINY_BASE = 'projects/_base_/tiny_cpu.py'
 SHARED_BASES = ['projects/_base_/default_runtime.py', 'projects/_base_/default_schedule.py']  # PART 5, PART 4
 
@@ -82,6 +85,17 @@ DEMO_MAY_DIFFER = TWIN_MAY_DIFFER + LLM_SWAP + (
     'model.freeze_llm', 'model.gradient_checkpointing', 'model.llm_lora.*', 'custom_hooks.*',
     'demo_*',
 )
+
+
+# Dotted keys where a law config may differ from what it inherits: the vision representation and its token count
+# (and, for the tiny twin, a run counted in iterations for the sweep).
+LAW_MAY_DIFFER = (
+    'model.visual_encoder', 'model.visual_encoder.*', '*image_processor', '*image_processor.*',
+    '*dataset.num_image_tokens', 'num_image_tokens', 'image_processor.*', 'vision_*', 'law_*', 'clip_*',
+    'openclip_*', 'siglip_*', 'dinov2_*', 'tiny_vision', 'tiny_tower.*',
+)
+LAW_TWIN_ITERATIONS = ('max_iters', 'save_steps', 'train_cfg.max_iters', 'train_cfg.max_epochs',
+                       'default_hooks.checkpoint.interval')
 
 
 def twin_of(recipe: str) -> str:
@@ -339,3 +353,32 @@ def test_every_twin_builds_its_model(recipe, tiny_assets, monkeypatch):
     model = MODELS.build(cfg.model)
     assert list(model.plugins) == list(cfg.model.get('plugins', {}))
     assert any(p.requires_grad for p in model.parameters()), f'{twin_of(recipe)} builds a model with nothing to train'
+
+
+LAW_RECIPES = [c for c in LAW if not c.endswith('_tiny_cpu.py')]
+
+
+@pytest.mark.parametrize('recipe', LAW_RECIPES)
+def test_law_recipe_is_a_base_recipe_with_another_vision_representation(recipe):
+    parent = parent_recipe(recipe)
+    assert parent in BASES, f'{recipe} must inherit a base recipe; inherits {parent}'
+    assert differences(effective(parent), effective(recipe), LAW_MAY_DIFFER) == []
+    twin = twin_of(recipe)
+    assert parent_recipe(twin) == twin_of(parent), f'{twin} must inherit {twin_of(parent)}'
+    assert differences(effective(twin_of(parent)), effective(twin), LAW_MAY_DIFFER + LAW_TWIN_ITERATIONS) == []
+
+
+@pytest.mark.parametrize('config', LAW)
+def test_every_law_setting_derives_encoder_processors_and_tokens_together(config):
+    from mllm_align.engine.config_checks import check_settings_agree
+
+    settings = Config.fromfile(str(REPO / config)).vision_settings
+    assert len(settings) >= 4
+    for name, entry in settings.items():
+        cfg = load_config(str(REPO / config), {'vision_setting': name})
+        assert cfg.model.visual_encoder.type == entry['visual_encoder']['type'], name
+        assert cfg.train_dataloader.dataset.num_image_tokens == entry['num_image_tokens'], name
+        procs = [cfg.train_dataloader.dataset.image_processor] + [h.image_processor for h in cfg.custom_hooks
+                                                                  if 'image_processor' in h]
+        assert all(p == entry['image_processor'] for p in procs), name
+        check_settings_agree(cfg)  # token counts and processor sizes agree (where the model files exist)

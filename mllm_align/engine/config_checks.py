@@ -396,7 +396,9 @@ def check_settings_agree(cfg: Config) -> None:
                   '(PART 1 `visual_encoder_name_or_path`).')
 
     tower = model.get('visual_encoder')
-    if isinstance(tower, Mapping) and isinstance(tower.get('path'), str):
+    if isinstance(tower, Mapping) and isinstance(tower.get('towers'), (list, tuple)):
+        _check_multi_tower(name, tower, datasets, processors, cfg_proc)
+    elif isinstance(tower, Mapping) and isinstance(tower.get('path'), str):
         found = tower_tokens(tower['path'], str(tower.get('select_feature', 'patch')), tower.get('image_size'),
                              int(tower.get('pool', 1)))
         if found is None and osp.isfile(osp.join(tower['path'], 'config.json')):
@@ -426,6 +428,45 @@ def check_settings_agree(cfg: Config) -> None:
                         'Use the image processor saved with the tower (PART 1 visual_encoder_name_or_path).')
     _check_sampler_batch(cfg, name)
     _check_loop_length(cfg, name)
+
+
+def _check_multi_tower(name: str, tower: Mapping[str, Any], datasets: list, processors: list,
+                       cfg_proc: Mapping[str, Any]) -> None:
+    """A MultiTowerEncoder config: ``num_image_tokens`` = grid² (``grid``, else the first tower's patch grid),
+    and each sub-processor of a MultiTowerImageProcessor outputs its tower's input size."""
+    found = []
+    for sub in tower['towers']:
+        if not (isinstance(sub, Mapping) and isinstance(sub.get('path'), str)):
+            return  # built modules or remote code: nothing to read from config.json
+        one = tower_tokens(sub['path'], 'patch', sub.get('image_size'), int(sub.get('pool', 1)))
+        if one is None:
+            return
+        found.append(one)
+    grid = tower.get('grid') or round(found[0][0] ** 0.5)
+    tokens = int(grid) ** 2
+    for path, data in datasets:
+        if 'num_image_tokens' in data and data['num_image_tokens'] != tokens:
+            raise ConfigMismatchError(
+                f'Config {name}: {path}.num_image_tokens = {data["num_image_tokens"]} but the multi-tower encoder '
+                f'(model.visual_encoder) puts every tower on a {grid}×{grid} grid: {tokens} tokens per image. Set '
+                f'num_image_tokens = {tokens}.')
+    for path, _ in processors:
+        proc = cfg_proc[path]
+        subs = proc.get('processors') if isinstance(proc, Mapping) else None
+        if not isinstance(subs, (list, tuple)):
+            raise ConfigMismatchError(
+                f'Config {name}: {path} is one image processor but model.visual_encoder has '
+                f'{len(tower["towers"])} towers: use dict(type=MultiTowerImageProcessor, processors=[…]) with one '
+                'processor per tower, in tower order.')
+        if len(subs) != len(found):
+            raise ConfigMismatchError(f'Config {name}: {path} has {len(subs)} processors for {len(found)} towers.')
+        for i, (sub, (_, size)) in enumerate(zip(subs, found)):
+            side = processor_output_size(_identity(sub), _processor_overrides(sub)) if isinstance(sub, Mapping) \
+                else None
+            if isinstance(side, int) and side != size:
+                raise ConfigMismatchError(
+                    f'Config {name}: {path}.processors[{i}] outputs {side}×{side} images but tower {i} '
+                    f'({tower["towers"][i]["path"]!r}) expects image_size={size}.')
 
 
 def _check_sampler_batch(cfg: Config, name: str) -> None:

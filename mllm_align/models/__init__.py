@@ -4,6 +4,7 @@ from .builders import load_image_processor, load_llm, load_tokenizer
 from .cnn_tower import CNNFeatureMapTower
 from .hf_llava import HFLlavaModel, load_hf_dir, register_hf_dir_loader
 from .llava import LLaVAModel, causal_lm_loss, supervised_positions
+from .multi_tower import MultiTowerEncoder, MultiTowerImageProcessor
 from .plugin import AlignPlugin
 from .projector import build_projector
 from .qwen2_vl import Qwen2VLModel, load_qwen2_vl_dir, load_qwen2_vl_image_processor
@@ -12,7 +13,7 @@ from .vision_tower import VisionTower
 
 __all__ = ['MultimodalModel', 'VisionEncoder', 'AlignPlugin', 'MultimodalInputs', 'find_decoder_layers',
            'causal_lm_loss', 'supervised_positions', 'splice_image_features',
-           'LLaVAModel', 'VisionTower', 'CNNFeatureMapTower', 'build_projector', 'load_image_processor', 'load_llm',
-           'load_tokenizer',
+           'LLaVAModel', 'VisionTower', 'CNNFeatureMapTower', 'MultiTowerEncoder', 'MultiTowerImageProcessor',
+           'build_projector', 'load_image_processor', 'load_llm', 'load_tokenizer',
            'Qwen2VLModel', 'load_qwen2_vl_dir', 'load_qwen2_vl_image_processor',
            'HFLlavaModel', 'load_hf_dir', 'register_hf_dir_loader']

@@ -103,6 +103,11 @@ def _check_parts(model: 'LLaVAModel') -> None:
             LlavaForConditionalGeneration has no place for.
     """
     check_plugins_exportable(model, 'LlavaForConditionalGeneration')
+    towers = getattr(model.visual_encoder, 'towers', None)
+    if isinstance(towers, torch.nn.ModuleList):
+        raise ValueError(f'model.visual_encoder combines {len(towers)} vision towers (MultiTowerEncoder); '
+                         'LlavaForConditionalGeneration has one tower. Keep evaluating this model with mllm_align '
+                         '(tools/eval_mir.py, tools/eval_vqa.py, tools/a_score.py).')
     if getattr(model.visual_encoder, 'pool', 1) != 1:
         raise ValueError(f'model.visual_encoder pools its patch grid (pool={model.visual_encoder.pool}), which '
                          'LlavaForConditionalGeneration cannot do: its image tokens would differ from training. '

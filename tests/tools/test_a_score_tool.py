@@ -1,19 +1,17 @@
 """tools/a_score.py v3 over a tiny work dir: records, files, skip on re-run, cfg-options fingerprint."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from mllm_align.testing.tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = 'projects/llava/configs/pretrain/llava_v15_7b_pretrain_tiny_cpu.py'
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('a_score_tool', ROOT / 'tools' / 'a_score.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('a_score')
 
 
 def test_series(tiny_assets, tmp_path, capsys):

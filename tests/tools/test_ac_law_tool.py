@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from mllm_align.testing.tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / 'data' / 'law' / 'v3_table6.csv'
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('ac_law_tool', ROOT / 'tools' / 'ac_law.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('ac_law')
 
 
 def _write(path: Path, header, rows):

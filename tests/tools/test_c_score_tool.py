@@ -1,23 +1,20 @@
 """tools/c_score.py end to end on a tiny recipe and the synthetic SPair directory."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from mllm_align.testing.spair import build_tiny_spair
+from mllm_align.testing.tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / 'projects/llava/configs/pretrain/llava_v15_7b_pretrain_tiny_cpu.py'
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('c_score_tool', ROOT / 'tools' / 'c_score.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('c_score')
 
 
 def test_tiny_recipe(tiny_assets, tmp_path, capsys):
