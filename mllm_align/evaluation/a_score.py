@@ -61,9 +61,10 @@ def caption_log_likelihood(model: 'MultimodalModel', data: dict[str, Any]) -> tu
         logits = logits[:, positions]
     targets = inputs.labels[:, positions + 1]  # (B, P)
     supervised = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    token_logp = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * supervised
-    return token_logp.sum(-1), supervised.sum(-1)
+    rows = supervised.nonzero()[:, 0]  # the sample of each supervised (b, t)
+    nll = torch.nn.functional.cross_entropy(logits[supervised].float(), targets[supervised], reduction='none')
+    total = torch.zeros(targets.shape[0], device=nll.device).index_add_(0, rows, -nll)  # Σ log p per sample
+    return total, supervised.sum(-1)
 
 
 class AScoreEvaluator(ModelEvaluator):

@@ -96,13 +96,14 @@ def predict_matches(feat_src: torch.Tensor, feat_trg: torch.Tensor, src_canvas_x
                          f'and {tuple(feat_trg.shape)}.')
     B, C, P, _ = feat_src.shape
     cell = canvas / P
-    src = torch.nn.functional.normalize(feat_src.float().flatten(2), dim=1)  # (B, C, P²)
-    trg = torch.nn.functional.normalize(feat_trg.float().flatten(2), dim=1)  # (B, C, P²)
     col = (src_canvas_xy[..., 0] / cell).long().clamp(0, P - 1)
     row = (src_canvas_xy[..., 1] / cell).long().clamp(0, P - 1)
-    idx = (row * P + col).to(src.device)  # (B, K)
-    q = torch.gather(src, 2, idx[:, None, :].expand(B, C, idx.shape[1]))  # (B, C, K)
-    sim = torch.einsum('bck,bcn->bkn', q, trg)  # (B, K, P²) cosine similarities
+    idx = (row * P + col).to(feat_src.device)  # (B, K)
+    src = feat_src.flatten(2)  # (B, C, P²)
+    q = torch.gather(src, 2, idx[:, None, :].expand(B, C, idx.shape[1])).float()  # (B, C, K): only the queries
+    q = torch.nn.functional.normalize(q, dim=1)
+    trg = torch.nn.functional.normalize(feat_trg.flatten(2).float(), dim=1)  # (B, C, P²)
+    sim = torch.bmm(q.transpose(1, 2), trg)  # (B, K, P²) cosine similarities
     best = sim.argmax(-1)  # (B, K)
     by, bx = best // P, best % P
     if match == 'argmax':
