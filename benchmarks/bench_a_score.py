@@ -47,9 +47,9 @@ def main() -> None:
                 model(data, mode='loss')
         loss_t.append(time.perf_counter() - start)
     n = len(samples)
-    print(f'| config | pairs (batch) | A v3 (samples/s) | training forward, no grad (samples/s) | A v3 time / forward time |\n'
-          f'|---|---|---|---|---|\n'
-          f'| {Path(args.config).name} | {n} ({args.batch}) | {n / min(score_t):.0f} | {n / min(loss_t):.0f} | '
+    print('| config | pairs (batch) | A v3 (samples/s) | training forward, no grad (samples/s) '
+          '| A v3 time / forward time |\n|---|---|---|---|---|')
+    print(f'| {Path(args.config).name} | {n} ({args.batch}) | {n / min(score_t):.0f} | {n / min(loss_t):.0f} | '
           f'{min(score_t) / min(loss_t):.2f} |')
 
 
