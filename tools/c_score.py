@@ -1,8 +1,8 @@
 """C score (PCK@α on SPair-format pairs) of a config's vision representation.
 
     python tools/c_score.py CONFIG --spair DIR [--split test] [--convention geoaware|law-repo]
-        [--match argmax|window-soft-argmax] [--alpha 0.1] [--average image|keypoint] [--limit N]
-        [--cfg-options vision_setting=NAME …] [--out result.json] [--device cuda]
+        [--match argmax|window-soft-argmax] [--window-radius 7] [--alpha 0.1] [--average image|keypoint]
+        [--limit N] [--cfg-options vision_setting=NAME …] [--out result.json] [--device cuda]
 
 Only the config's vision encoder and image processor are built. Method: docs/design.md, "Law of Vision
 Representation".
@@ -28,6 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--categories', default=None, help='comma-separated (default: all)')
     p.add_argument('--convention', default='geoaware', choices=['geoaware', 'law-repo'])
     p.add_argument('--match', default='argmax', choices=['argmax', 'window-soft-argmax'])
+    p.add_argument('--window-radius', type=int, default=7,
+                   help='window-soft-argmax: r cells around the argmax, window 2r+1 (the law repository: 7)')
     p.add_argument('--alpha', type=float, default=0.10)
     p.add_argument('--average', default='image', choices=['image', 'keypoint'])
     p.add_argument('--limit', type=int, default=None, help='score the first N pairs only')
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
         cfg_options=args.cfg_options,
         categories=args.categories.split(',') if args.categories else None, limit=args.limit,
         convention=args.convention, match=args.match, alpha=args.alpha, average=args.average,
+        window_radius=args.window_radius,
         batch_size=args.batch_size, device=args.device, progress=True)
     print(f'C score (PCK@{args.alpha:g}, {args.convention}, {args.match}, per {args.average}): '
           f'{100 * result.pck:.2f} %  ({result.pairs} pairs, {result.keypoints} keypoints, '

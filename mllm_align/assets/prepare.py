@@ -134,8 +134,10 @@ def _convert_easy_vqa(wheels: dict[str, Path], out_dir: Path, work_dir: Path) ->
 
 def _convert_correspondence(wheels: dict[str, Path], out_dir: Path, work_dir: Path) -> Any:
     mod = _import_converter('mllm_align.assets.correspondence')
-    deb = mod.fetch_opencv_doc(work_dir)  # a Debian package, not a wheel: fetched and checked by the converter
-    return mod.write_correspondence_spair(mod.read_deb_members(deb), out_dir)
+    # a Debian package, not a wheel: fetched (apt-get download) and checked by the converter, cached with the wheels
+    deb = mod.fetch_opencv_doc(wheels['scikit-image'].parent)
+    members = {**mod.read_deb_members(deb), **mod.read_skimage_members(wheels['scikit-image'])}
+    return mod.write_correspondence_spair(members, out_dir)
 
 
 def _convert_random_vit(wheels: dict[str, Path], out_dir: Path, work_dir: Path) -> Any:
@@ -164,8 +166,9 @@ DEFAULT_STEPS: tuple[Step, ...] = (
          'easy-VQA images + LLaVA JSON'),
     Step('vit_small_random', (), 256 * MiB, _convert_random_vit, lambda: '1',
          'DINOv2-S architecture, seeded random weights'),
-    Step('correspondence', (), 512 * MiB, _convert_correspondence, _version_of('mllm_align.assets.correspondence'),
-         'graffiti + aloe pairs (SPair layout) from Debian opencv-doc'),
+    Step('correspondence', ('scikit-image',), 512 * MiB, _convert_correspondence,
+         _version_of('mllm_align.assets.correspondence'),
+         'graffiti + aloe (Debian opencv-doc) + motorcycle (scikit-image) pairs, SPair layout'),
 )
 #: The pseudo-step that fetches and verifies every pinned wheel.
 WHEELS_STEP = 'wheels'

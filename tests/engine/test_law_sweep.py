@@ -110,11 +110,114 @@ def test_dry_run_and_bad_input(sweep_file, tmp_path):
         load_sweep_config(bad)
 
 
-def test_failed_training_names_the_log(sweep_file, tmp_path, monkeypatch):
+def test_failed_training_names_the_log_and_keeps_finished_settings(sweep_file, monkeypatch):
     from mllm_align.engine import law_sweep
 
-    sweep = load_sweep_config(sweep_file, {'stage1_config': str(tmp_path / 'missing.py')})
+    sweep = load_sweep_config(sweep_file)
     fake = Fake()
-    steps = SweepSteps(law_sweep.train_stage1, fake.steps().a_score, fake.steps().c_score)
-    with pytest.raises(RuntimeError, match=r"Stage 1 of setting 'ab' failed \(exit \d+\); log: .*sweep_train.log"):
+    real = law_sweep.train_command
+    # the real command line is checked in the dry run; a failing stand-in keeps this test fast
+    monkeypatch.setattr(law_sweep, 'train_command', lambda sw, s, wd: ['bash', '-c', 'echo step 1; echo "boom: out of '
+                        'memory" >&2; exit 3'] if s.name == 'abcd' else real(sw, s, wd))
+    steps = SweepSteps(lambda sw, s, wd: fake.steps().train(sw, s, wd) if s.name == 'ab' else
+                       law_sweep.train_stage1(sw, s, wd), fake.steps().a_score, fake.steps().c_score)
+    with pytest.raises(RuntimeError, match=r"(?s)Stage 1 of setting 'abcd' failed \(exit 3\); log: \S*abcd/"
+                                           r"sweep_train.log\n.*step 1\nboom: out of memory"):
         run_sweep(sweep, steps=steps, echo=lambda s: None)
+    assert [r['setting'] for r in _table(sweep)] == ['ab']  # the finished setting is in the table
+
+
+def _fake_checkpoint(path: Path, iteration: int, max_iters: int) -> None:
+    """A torch.save file with what mmengine records: meta.iter and message_hub.runtime_info.max_iters."""
+    import torch
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'meta': {'iter': iteration}, 'state_dict': {'w': torch.zeros(1)},
+                'message_hub': {'runtime_info': {'iter': iteration, 'max_iters': max_iters}}}, path)
+
+
+def test_final_checkpoint_is_the_one_at_max_iters(tmp_path):
+    from mllm_align.engine.law_sweep import final_checkpoint
+
+    assert final_checkpoint(tmp_path / 'none') is None
+    _fake_checkpoint(tmp_path / 'iter_2.pth', 2, 4)
+    assert final_checkpoint(tmp_path) is None  # interrupted at 2 of 4
+    _fake_checkpoint(tmp_path / 'iter_4.pth', 4, 4)
+    assert final_checkpoint(tmp_path) == tmp_path / 'iter_4.pth'
+    (tmp_path / 'iter_6.pth').write_bytes(b'PK torn')  # a torn newer file is skipped
+    assert final_checkpoint(tmp_path) == tmp_path / 'iter_4.pth'
+
+
+def test_an_existing_finished_run_is_reused_without_training(sweep_file):
+    sweep = load_sweep_config(sweep_file)
+    _fake_checkpoint(sweep.work_root / 'abcd' / 'iter_5.pth', 5, 5)
+    _fake_checkpoint(sweep.work_root / 'ab' / 'iter_2.pth', 2, 5)  # unfinished: trained (resumed)
+    fake = Fake()
+    lines = []
+    run_sweep(sweep, steps=fake.steps(), echo=lines.append)
+    assert [c for c in fake.calls if c[0] == 'train'] == [('train', 'ab'), ('train', 'xyz')]
+    assert any('already holds the final checkpoint iter_5.pth' in x for x in lines)
+
+
+def test_changed_training_settings_stop_unless_redo_train(sweep_file):
+    sweep = load_sweep_config(sweep_file)
+    run_sweep(sweep, steps=Fake().steps(), echo=lambda s: None)
+    changed = load_sweep_config(sweep_file, {'cfg_options.max_iters': 7})
+    assert changed.settings[0].cfg_options == {'max_iters': 7, 'vision_setting': 'ab'}
+    with pytest.raises(ValueError, match=r"ab: its stage-1 run in .* other settings \(cfg_options: .*max_iters.*"
+                                         r"--redo train"):
+        run_sweep(changed, steps=Fake().steps(), echo=lambda s: None)
+    fake = Fake()
+    run_sweep(changed, only=['ab'], redo=['train'], steps=fake.steps(), echo=lambda s: None)
+    assert fake.calls == [('train', 'ab'), ('a_score', 'ab'), ('c_score', 'ab')]
+    aside = [p.name for p in sweep.work_root.iterdir() if p.name.startswith('ab.replaced-')]
+    assert len(aside) == 1 and (sweep.work_root / aside[0] / 'iter_3.pth').is_file()  # moved aside, not deleted
+
+
+def test_csv_keeps_full_precision_and_leaves_no_temp_file(sweep_file):
+    sweep = load_sweep_config(sweep_file)
+    run_sweep(sweep, steps=Fake().steps(), echo=lambda s: None)
+    table = _table(sweep)
+    assert table[0]['C'] == repr(100 * 0.02) and table[0]['A_v3'] == repr(-1.0 - 2 / 10)
+    assert sorted(p.name for p in sweep.out_csv.parent.glob('.*tmp')) == []
+
+
+def test_sweep_config_keys_are_checked(sweep_file, tmp_path):
+    with pytest.raises(KeyError, match="'nprocs' is not a sweep config key"):
+        load_sweep_config(sweep_file, {'nprocs': 2})
+    with pytest.raises(KeyError, match="a_score has unknown key"):
+        load_sweep_config(sweep_file, {'a_score.num_pair': 2})
+    assert load_sweep_config(sweep_file, {'a_score.seed': 3}).a_score == dict(num_pairs=4, seed=3)
+    bad = tmp_path / 'bad.py'
+    bad.write_text(sweep_file.read_text() + "stage_1 = 'y.py'\n")
+    with pytest.raises(KeyError, match=r"unknown key\(s\) \['stage_1'\]"):
+        load_sweep_config(bad)
+    names = tmp_path / 'names.py'
+    names.write_text(sweep_file.read_text() + "table_names = dict(ab='A B', nope='N')\n")
+    with pytest.raises(ValueError, match=r"table_names names \['nope'\]"):
+        load_sweep_config(names)
+
+
+@pytest.mark.parametrize('name', ['tiny_cpu', 'easyvqa_real'])
+def test_shipped_sweep_configs_load(name):
+    root = Path(__file__).resolve().parents[2]
+    sweep = load_sweep_config(root / 'projects/law/sweeps' / f'{name}.py')
+    assert len(sweep.settings) == 4 and all(s.cfg_options == {'vision_setting': s.name} for s in sweep.settings)
+    assert all(s.table_name for s in sweep.settings) and sweep.out_csv == sweep.work_root / 'law_table.csv'
+
+
+def test_train_command_round_trips_option_values(sweep_file):
+    from mmengine.config import DictAction
+
+    from mllm_align.engine.law_sweep import SweepSetting, train_command
+
+    sweep = load_sweep_config(sweep_file)
+    options = {'vision_setting': 'ab', 'max_iters': 4, 'betas': (0.9, 0.95), 'data_path': 'a/b.json',
+               'paths': ['x', 'y']}
+    cmd = train_command(sweep, SweepSetting('ab', options), Path('w/ab'))
+    assert cmd[2:] == ['train', 'x.py', '1', '--work-dir', 'w/ab', '--resume', 'auto', '--cfg-options',
+                       'vision_setting=ab', 'max_iters=4', 'betas=(0.9, 0.95)', 'data_path=a/b.json',
+                       "paths=['x', 'y']"]
+    parsed = {item.split('=', 1)[0]: DictAction._parse_iterable(item.split('=', 1)[1]) for item in cmd[10:]}
+    assert parsed == options
+    with pytest.raises(ValueError, match=r"Setting 'ab': cfg_options data_path='a/b c.json' contains whitespace"):
+        train_command(sweep, SweepSetting('ab', {'data_path': 'a/b c.json'}), Path('w/ab'))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from mllm_align.data.spair import load_spair_pairs
@@ -86,3 +87,35 @@ def test_bad_pair_is_named(pairs):
     bad = type(pairs[0])(**{**pairs[0].__dict__, 'kps_src': pairs[0].kps_src + 1e4})
     with pytest.raises(ValueError, match=f'pair {pairs[0].pair_id}.*outside'):
         c_score(PatchColour(), Processor(), [bad])
+
+
+def test_centre_cropping_processor_sees_the_whole_canvas():
+    """DINOv2-style processor (shortest edge 40, centre crop 35: keeps 7/8): the square is framed so that the crop
+    removes only the frame. An 80-px image with a 4-px black border (5 %, less than the 6.25 % a bare crop cuts
+    per side) must keep its border at the output's edge, and the frame's grey must not show."""
+    from transformers import BitImageProcessor
+
+    from mllm_align.evaluation.c_score import _place, kept_fraction
+
+    proc = BitImageProcessor(size={'shortest_edge': 40}, crop_size={'height': 35, 'width': 35}, do_normalize=False,
+                             do_rescale=False, image_mean=[0.5, 0.5, 0.5])
+    assert kept_fraction(proc) == 35 / 40
+    arr = np.zeros((80, 80, 3), np.uint8)
+    arr[4:-4, 4:-4] = 255
+    out = proc(images=[_place(Image.fromarray(arr), 'geoaware', proc)], return_tensors='np')['pixel_values'][0]
+    assert out.shape == (3, 35, 35)
+    assert out[:, 17, 0].max() < 60 and out[:, 17, -1].max() < 60  # the border, not the grey frame (127)
+    assert out[:, 17, 17].min() > 200
+    bare = proc(images=[Image.fromarray(arr)], return_tensors='np')['pixel_values'][0]
+    assert bare[:, 17, 0].min() > 200  # a bare crop would have cut the border away
+
+
+def test_window_radius_reaches_the_matcher(pairs):
+    """A window of one cell (radius 0) is the argmax cell itself: the soft variant then scores exactly as argmax;
+    the default radius (the law repository's 7) is recorded in the settings."""
+    enc, proc = PatchColour(), Processor()
+    hard = c_score(enc, proc, pairs, match='argmax', alpha=0.1)
+    one_cell = c_score(enc, proc, pairs, match='window-soft-argmax', window_radius=0, alpha=0.1)
+    assert (one_cell.hits, one_cell.keypoints) == (hard.hits, hard.keypoints)
+    soft = c_score(enc, proc, pairs, match='window-soft-argmax', alpha=0.1)
+    assert soft.settings['window_radius'] == 7 and soft.settings['temperature'] == 0.02

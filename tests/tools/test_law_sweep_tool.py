@@ -27,6 +27,7 @@ def test_tiny_twin(tiny_assets, tmp_path, capsys):
     with (tmp_path / 'law_table.csv').open() as f:
         rows = list(csv.DictReader(f))
     assert [r['setting'] for r in rows] == ['tiny_siglip', 'tiny_clip_dinov2']
+    assert [r['table_name'] for r in rows] == ['SigLIP', 'C+D']
     for r in rows:
         assert 0 <= float(r['C']) <= 100 and math.isfinite(float(r['A_v3'])) and float(r['A_v3']) < 0
     assert (tmp_path / 'tiny_clip_dinov2' / 'iter_12.pth').is_file()
