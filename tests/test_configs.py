@@ -397,6 +397,8 @@ def test_law_recipes_twins_and_real_variant_are_all_there():
 
 @pytest.mark.parametrize('config', LAW_REAL)
 def test_law_real_variant_is_the_base_recipe_on_the_demos_models_with_another_representation(config):
+    from mllm_align.engine.config_checks import check_settings_agree
+
     parent = parent_recipe(config)
     assert parent in BASES, f'{config} must inherit a base recipe (plain projector pre-training); inherits {parent}'
     allowed = DEMO_MAY_DIFFER + LAW_MAY_DIFFER
@@ -409,6 +411,14 @@ def test_law_real_variant_is_the_base_recipe_on_the_demos_models_with_another_re
         paths = [v for k, v in flat.items() if k.endswith('.path')]
         assert paths and all(p.startswith('data/real/') for p in paths), (name, paths)
         assert entry['num_image_tokens'] == 16, name  # one grid for every setting (the docstring says why)
+    native = {'vision_image_size': 224, 'vision_pool': 1}  # the towers' own grids (where the sweep scores C)
+    expected = dict(random_vit=256, efficientnet_lite0=49, dinov2_small=256, dinov2_small_efficientnet_lite0=256)
+    for name, tokens in expected.items():  # 224/14 = 16 → 256; EfficientNet 224 → 112 → 56 → 28 → 14 → 7 → 49
+        cfg = load_config(str(REPO / config), dict(native, vision_setting=name))
+        assert cfg.train_dataloader.dataset.num_image_tokens == tokens, name
+        procs = [cfg.train_dataloader.dataset.image_processor, cfg.custom_hooks[1].image_processor]
+        assert all(p == cfg.vision_settings[name]['image_processor'] for p in procs), name
+        check_settings_agree(cfg)  # sizes and counts agree with the towers (where data/real exists)
 
 
 def test_every_tiny_law_setting_trains_one_step(tiny_assets, monkeypatch):
