@@ -1,11 +1,11 @@
 """A score of stage-1 checkpoints: v3 (caption log-likelihood) over a series, or v1 (cosine to references).
 
-    python tools/a_score.py v3 WORK_DIR_OR_CKPT --config CFG [--num-pairs 100] [--seed 0] [--untrained]
+    python tools/a_score.py v3 WORK_DIR_OR_CKPT_OR_HF_DIR --config CFG [--num-pairs 100] [--seed 0] [--untrained]
         [--data JSON --image-folder DIR] [--cfg-options vision_setting=NAME …] [--out DIR]
     python tools/a_score.py v1 --target CFG CKPT --reference CFG CKPT [--reference CFG CKPT …]
         [--data JSON --image-folder DIR] [--num-images 100]
 
-v3 writes a_score.json / a_score.csv / a_score_curve.png (default in <work dir>/a_score) and skips
+v3 writes a_score.json / a_score.csv / a_score_curve.png (default in <work dir>/a_score, <hf dir>_a_score) and skips
 checkpoints already scored with the same settings. Method: docs/design.md, "Law of Vision Representation".
 """
 from __future__ import annotations
@@ -24,7 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='version', required=True)
     v3 = sub.add_parser('v3', help='mean caption log-likelihood under the frozen stage-1 model')
-    v3.add_argument('target', nargs='?', default=None, help='work dir of iter_*.pth, or one checkpoint')
+    v3.add_argument('target', nargs='?', default=None,
+                    help='work dir of iter_*.pth, one checkpoint, or an HF directory (an export of --config: '
+                         'scored on the pairs --config makes, after checking they match)')
     v3.add_argument('--config', required=True)
     v3.add_argument('--num-pairs', type=int, default=100)
     v3.add_argument('--seed', type=int, default=0)

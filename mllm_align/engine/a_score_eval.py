@@ -25,7 +25,8 @@ from ..evaluation.checkpoints import discover_checkpoints, untrained_snapshot
 from ..evaluation.runner import default_out_dir, evaluate_checkpoints
 from .build import build_model_from_config, config_sha256, load_config
 
-__all__ = ['RESULTS_FORMAT', 'evaluate_a_score', 'evaluate_a_score_v1', 'caption_pairs_from_config']
+__all__ = ['RESULTS_FORMAT', 'caption_pairs_from_config', 'check_hf_dir_matches_pairs', 'evaluate_a_score',
+           'evaluate_a_score_v1']
 
 RESULTS_FORMAT = A_SCORE_RESULTS_FORMAT
 
@@ -104,11 +105,14 @@ def evaluate_a_score(target: str | os.PathLike | None, config: str | os.PathLike
                      out_dir: str | os.PathLike | None = None, cfg_options: dict[str, Any] | None = None,
                      untrained: bool = False, progress: bool = True, plots: bool = True, overwrite: bool = False,
                      console: Any = None, model_factory: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
-    """A_v3 of every checkpoint of ``target`` (a work dir of ``iter_*.pth``, or one checkpoint).
+    """A_v3 of every checkpoint of ``target`` (a work dir of ``iter_*.pth``, one checkpoint, or an HF directory).
 
     Args:
-        target: what to score (None with ``untrained=True`` and ``out_dir``: only the untrained model).
-        config: the stage-1 config the checkpoints were trained with.
+        target: what to score (None with ``untrained=True`` and ``out_dir``: only the untrained model). An HF
+            model directory (a ``tools/convert_to_hf.py`` export, or any directory a registered loader reads) is
+            scored on the pairs its ``config`` makes, after :func:`check_hf_dir_matches_pairs`.
+        config: the stage-1 config the checkpoints were trained with (for an HF directory: whose data and
+            preprocessing the pairs follow).
         data, image_folder: caption pairs other than the config's train data (LLaVA JSON).
         num_pairs, seed: N pairs drawn without replacement (deterministic).
         batch_size: pairs per forward.
@@ -130,8 +134,6 @@ def evaluate_a_score(target: str | os.PathLike | None, config: str | os.PathLike
     evaluator = AScoreEvaluator(samples, collate, batch_size=batch_size, settings=settings)
     target_path = Path(target) if target is not None else None
     kind = discover_checkpoints(target_path, check_complete=False)[0].kind if target_path is not None else 'pth'
-    if kind != 'pth':
-        raise ValueError(f'{target}: the A score scores mllm_align checkpoints (iter_*.pth) with their config.')
     out = Path(out_dir) if out_dir is not None else default_out_dir(target_path, kind, evaluator.name)
     model_settings = dict(config=str(Path(config).resolve()), config_sha256=config_sha256(config),
                           cfg_options={k: repr(v) for k, v in sorted((cfg_options or {}).items())})
@@ -142,15 +144,57 @@ def evaluate_a_score(target: str | os.PathLike | None, config: str | os.PathLike
             built.append(model_factory() if model_factory is not None else build_model_from_config(cfg))
         return built[0]
 
-    common = dict(build_model=build, out_dir=out, model_settings=model_settings, source=str(config), device=device,
+    common = dict(out_dir=out, model_settings=model_settings, source=str(config), device=device,
                   overwrite=overwrite, progress=progress, plots=plots, console=console)
     records: list[dict[str, Any]] = []
     if untrained:
-        records += evaluate_checkpoints(untrained_snapshot(out, build, model_settings), evaluator,
+        records += evaluate_checkpoints(untrained_snapshot(out, build, model_settings), evaluator, build_model=build,
                                         **common)[evaluator.name]
-    if target_path is not None:
-        records += evaluate_checkpoints(target_path, evaluator, **common)[evaluator.name]
+    if target_path is not None and kind == 'hf':
+        def load_checked():
+            from ..models.hf_llava import load_hf_dir
+            model = load_hf_dir(target_path)
+            check_hf_dir_matches_pairs(model, cfg, samples, target_path)
+            return model
+        records += evaluate_checkpoints(target_path, evaluator, load_hf=load_checked, **common)[evaluator.name]
+    elif target_path is not None:
+        records += evaluate_checkpoints(target_path, evaluator, build_model=build, **common)[evaluator.name]
     return records
+
+
+def check_hf_dir_matches_pairs(model: Any, cfg: Any, samples: Sequence[dict[str, Any]], path: Any) -> None:
+    """An HF directory is scored on pairs the *config* tokenised and processed: they must be its inputs too.
+
+    Checked: the chat template the export recorded, the tokenizer's vocabulary (every token of the config's with
+    the same id; the export may add its image token), and the shape of the image
+    tensor its processor makes (fixed-size processors). Raises ValueError naming what differs and the fix.
+    """
+    from ..models.base import build_module
+
+    fix = (f'pass the config {path} was exported from (tools/convert_to_hf.py records it in '
+           'mllm_align_export.json), or --data / --cfg-options that make the config match')
+    ds_cfg = cfg.train_dataloader.dataset
+    template = ds_cfg.get('template')
+    if getattr(model, 'template', None) and template and model.template != template:
+        raise ValueError(f'{path} was exported with template {model.template!r}, the config tokenises the pairs '
+                         f'with {template!r}: {fix}.')
+    tokenizer = build_module(ds_cfg['tokenizer']) if ds_cfg.get('tokenizer') is not None else None
+    if tokenizer is not None and getattr(model, 'tokenizer', None) is not None:
+        theirs = model.tokenizer.get_vocab()  # an export may add tokens (its image token): a superset is fine
+        differ = [tok for tok, i in tokenizer.get_vocab().items() if theirs.get(tok) != i]
+        if differ:
+            raise ValueError(f'The tokenizer of {path} has another vocabulary than the config\'s ({len(differ)} of '
+                             f'its {len(tokenizer)} tokens differ, e.g. {differ[:3]}): {fix}.')
+    pixels = samples[0].get('pixel_values')
+    if hasattr(model, 'process_images') and pixels is not None and pixels.dim() == 4:
+        from PIL import Image
+        try:
+            theirs = model.process_images([Image.new('RGB', (64, 64))])['pixel_values']
+        except ValueError:
+            return  # no processor saved with the directory: nothing to compare
+        if theirs.dim() == 4 and tuple(theirs.shape[1:]) != tuple(pixels.shape[1:]):
+            raise ValueError(f'The image processor of {path} makes {tuple(theirs.shape[1:])} images, the config\'s '
+                             f'{tuple(pixels.shape[1:])}: {fix}.')
 
 
 def evaluate_a_score_v1(target: tuple[str | os.PathLike, str | os.PathLike | None],

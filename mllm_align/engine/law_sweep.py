@@ -8,7 +8,9 @@ For each setting of a sweep config (``projects/law/sweeps/*.py``), in order::
     A      A_v3 of that final checkpoint (:func:`~mllm_align.engine.a_score_eval.evaluate_a_score`, results in
            ``<root>/<name>/a_score``): the mean caption log-likelihood under the frozen stage-1 model
     C      C score of the setting's vision representation (:func:`~mllm_align.engine.c_score_eval.c_score_from_config`;
-           only the vision encoder is built, so C does not depend on the training)
+           only the vision encoder is built, so C does not depend on the training), under the setting's
+           cfg_options with ``c_score['cfg_options']`` on top (C of the towers at their native resolution while
+           stage 1 trains on a pooled grid: ``c_score = dict(…, cfg_options=dict(vision_pool=1))``)
 
 and after every setting the table ``setting,C,A_v3`` (``+ table_name``) is rewritten atomically, C in percent
 (PCK × 100, as in the paper's table), full float precision (rounding is only for the printout); it is what
@@ -40,7 +42,8 @@ A sweep config (pure Python, mmengine-loadable; unknown keys are an error)::
     cfg_options = dict()                            # applied to every setting's stage-1 config (train, A, C)
     a_score = dict(num_pairs=100, seed=0, data=None)   # + image_folder=, batch_size=, device=
     c_score = dict(spair_root='data/tiny/spair', split='test', convention='geoaware', match='argmax',
-                   average='image')                # + alpha=, batch_size=, device=, categories=, limit=
+                   average='image')                # + alpha=, batch_size=, device=, categories=, limit=,
+                                                   #   cfg_options= (stage-1 options for C only)
     table_names = dict(tiny_clip='CLIP@224')       # optional: setting -> the paper's row label
 """
 from __future__ import annotations
@@ -162,6 +165,10 @@ def load_sweep_config(path: str | os.PathLike, overrides: dict[str, Any] | None 
         raise ValueError(f'{path}: table_names names {stray}, which are not settings ({names}).')
     if 'spair_root' not in (cfg.get('c_score') or {}):
         raise ValueError(f'{path}: c_score needs spair_root (an SPair-format directory).')
+    c_options = (cfg.get('c_score') or {}).get('cfg_options')
+    if c_options is not None and not isinstance(c_options, dict):
+        raise ValueError(f'{path}: c_score.cfg_options = {c_options!r}: give a dict of stage-1 options for the C '
+                         'score only, e.g. dict(vision_pool=1).')
     bad_a = sorted(set(cfg.get('a_score') or {}) - set(A_SCORE_KEYS))
     if bad_a:
         raise KeyError(f'{path}: a_score has unknown key(s) {bad_a}; known: {", ".join(A_SCORE_KEYS)}.')
@@ -277,7 +284,9 @@ def a_score_step(sweep: SweepConfig, setting: SweepSetting, checkpoint: str) -> 
 def c_score_step(sweep: SweepConfig, setting: SweepSetting) -> dict[str, Any]:
     """C (PCK, a fraction) of the setting's vision representation; only the vision encoder is built."""
     from .c_score_eval import c_score_from_config
-    result = c_score_from_config(sweep.stage1_config, cfg_options=setting.cfg_options, **dict(sweep.c_score))
+    kw = dict(sweep.c_score)
+    options = {**setting.cfg_options, **(kw.pop('cfg_options', None) or {})}
+    result = c_score_from_config(sweep.stage1_config, cfg_options=options, **kw)
     return dict(pck=float(result.pck), pairs=result.pairs, skipped=result.skipped)
 
 

@@ -5,7 +5,8 @@ convention, then the representation's own image processor, then the encoder, who
 tokens (row-major; VisionTower with ``select_feature='patch'``, CNNFeatureMapTower, MultiTowerEncoder)
 become a ``[C, g, g]`` grid covering that square (a processor that centre-crops — DINOv2's resizes to 256 and
 crops 224 — gets the square framed by mean-colour padding that its crop removes exactly:
-:func:`kept_fraction`). Conventions, by name:
+:func:`kept_fraction`; a multi-tower processor frames it for each tower's processor separately,
+``MultiTowerImageProcessor.call_per_processor``). Conventions, by name:
 
 - ``'geoaware'`` (GeoAware-SC): letterbox — pad to a centred square with the processor's mean colour, so
   keypoints map with ``layout='letterbox'``;
@@ -66,7 +67,7 @@ class CScoreResult:
 def kept_fraction(image_processor: Any) -> float:
     """The fraction f of a square input's side that ``image_processor`` keeps: an HF processor that resizes the
     shortest edge to s and centre-crops c × c keeps f = c / s of it (DINOv2's 224 / 256); 1 otherwise (no crop,
-    or a processor without these attributes, e.g. a multi-tower processor)."""
+    or a processor without these attributes; a multi-tower processor is framed per tower instead)."""
     if not getattr(image_processor, 'do_center_crop', False):
         return 1.0
     size, crop = getattr(image_processor, 'size', None), getattr(image_processor, 'crop_size', None)
@@ -107,8 +108,13 @@ def extract_feature_grids(encoder: Any, image_processor: Any, paths: Sequence[An
     unique = list(dict.fromkeys(paths))
     for start in range(0, len(unique), batch_size):
         chunk = unique[start:start + batch_size]
-        images = [_place(load_image(str(p)), convention, image_processor) for p in chunk]
-        pixel_values = image_processor(images=images, return_tensors='pt')['pixel_values']
+        images = [load_image(str(p)) for p in chunk]
+        if hasattr(image_processor, 'call_per_processor'):  # several towers: each framed for its own crop
+            framed = [[_place(im, convention, proc) for im in images] for proc in image_processor.processors]
+            pixel_values = image_processor.call_per_processor(framed)['pixel_values']
+        else:
+            pixel_values = image_processor(images=[_place(im, convention, image_processor) for im in images],
+                                           return_tensors='pt')['pixel_values']
         tokens = encoder(pixel_values.to(device))  # (n, g², C)
         n, p, c = tokens.shape
         g = int(round(p ** 0.5))

@@ -157,6 +157,7 @@ class _Book:
 def evaluate_checkpoints(target: str | os.PathLike, evaluators: ModelEvaluator | Sequence[ModelEvaluator], *,
                          model: 'MultimodalModel | None' = None,
                          build_model: Callable[[], 'MultimodalModel'] | None = None,
+                         load_hf: Callable[[], 'MultimodalModel'] | None = None,
                          out_dir: str | os.PathLike | None = None, model_settings: dict[str, Any] | None = None,
                          source: str = 'the base model', template: str | None = None,
                          dtype: torch.dtype | None = None, device: str | torch.device | None = None,
@@ -170,6 +171,8 @@ def evaluate_checkpoints(target: str | os.PathLike, evaluators: ModelEvaluator |
         evaluators: one or more :class:`ModelEvaluator` (distinct names).
         model: the base model the checkpoints' trained weights are swapped into (``.pth`` targets).
         build_model: builds it instead, called at most once and only when something is left to score.
+        load_hf: loads an HF directory target instead of :func:`~mllm_align.models.hf_llava.load_hf_dir` (e.g.
+            to check it against the evaluator's data), called like ``build_model``.
         out_dir: results folder (default :func:`default_out_dir` of the first evaluator's name).
         model_settings: JSON-able settings of the model side, part of the fingerprint (config hash, dtype…).
         source: what builds the model (a config path), named in checkpoint mismatch errors.
@@ -219,10 +222,10 @@ def evaluate_checkpoints(target: str | os.PathLike, evaluators: ModelEvaluator |
     todo = [ref for ref in refs if any(ref in book.todo for book in books)]
 
     if todo:
-        if kind == 'hf':
+        if kind == 'hf' and load_hf is None:
             model = load_hf_dir(target_path, template=template, dtype=dtype, device=device)
         else:
-            model = model if model is not None else build_model()  # type: ignore[misc]
+            model = load_hf() if kind == 'hf' else model if model is not None else build_model()  # type: ignore
             if dtype is not None:
                 model.to(dtype)
             model.to(device)

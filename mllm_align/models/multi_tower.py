@@ -69,14 +69,26 @@ class MultiTowerImageProcessor:
         images = kwargs.pop('images', images)
         if not isinstance(images, (list, tuple)):
             images = [images]
+        return self.call_per_processor([list(images)] * len(self.processors), return_tensors)
+
+    def call_per_processor(self, images_per_processor: Sequence[Sequence[Any]],
+                           return_tensors: str | None = 'pt') -> dict[str, Any]:
+        """Pack the outputs of processor t on ``images_per_processor[t]`` (the same N images, each prepared for
+        that processor: e.g. the C score frames an image for each processor's own centre crop)."""
+        if len(images_per_processor) != len(self.processors):
+            raise ValueError(f'{len(images_per_processor)} image lists for {len(self.processors)} processors.')
+        n = len(images_per_processor[0])
         parts = []
-        for proc, side in zip(self.processors, self.sizes):
+        for proc, side, images in zip(self.processors, self.sizes, images_per_processor):
+            if len(images) != n:
+                raise ValueError(f'Image lists of different lengths ({n} and {len(images)}): give every processor '
+                                 'the same images.')
             out = proc(images=list(images), return_tensors='np')
             pv = np.asarray(out['pixel_values'], dtype=np.float32)  # (N, 3, S, S)
             if pv.shape[1:] != (3, side, side):
                 raise ValueError(f'{type(proc).__name__} returned images of shape {pv.shape[1:]}, expected '
                                  f'(3, {side}, {side}).')
-            parts.append(pv.reshape(len(images), -1))
+            parts.append(pv.reshape(n, -1))
         packed = np.concatenate(parts, axis=1)  # (N, Σ 3·S²)
         return {'pixel_values': torch.from_numpy(packed) if return_tensors == 'pt' else packed}
 

@@ -221,3 +221,29 @@ def test_train_command_round_trips_option_values(sweep_file):
     assert parsed == options
     with pytest.raises(ValueError, match=r"Setting 'ab': cfg_options data_path='a/b c.json' contains whitespace"):
         train_command(sweep, SweepSetting('ab', {'data_path': 'a/b c.json'}), Path('w/ab'))
+
+
+def test_c_score_options_apply_to_c_only_and_are_part_of_its_fingerprint(sweep_file, monkeypatch):
+    from mllm_align.engine import c_score_eval, law_sweep
+
+    seen = []
+
+    def fake_c(config, *, cfg_options, spair_root, **kw):
+        seen.append((cfg_options, spair_root, kw))
+        return type('R', (), dict(pck=0.5, pairs=2, skipped=0))()
+
+    monkeypatch.setattr(c_score_eval, 'c_score_from_config', fake_c)
+    sweep = load_sweep_config(sweep_file, {'c_score.cfg_options': dict(vision_pool=1, vision_image_size=224)})
+    fake = Fake()
+    steps = SweepSteps(fake.steps().train, fake.steps().a_score, law_sweep.c_score_step)
+    run_sweep(sweep, only=['ab'], steps=steps, echo=lambda s: None)
+    assert seen == [({'vision_setting': 'ab', 'vision_pool': 1, 'vision_image_size': 224}, 'spair', {})]
+    assert sweep.settings[0].cfg_options == {'vision_setting': 'ab'}  # training and A keep the setting's own
+    # another C-only option recomputes C and nothing else
+    fake = Fake()
+    changed = load_sweep_config(sweep_file, {'c_score.cfg_options': dict(vision_pool=2)})
+    run_sweep(changed, only=['ab'], steps=SweepSteps(fake.steps().train, fake.steps().a_score,
+                                                     law_sweep.c_score_step), echo=lambda s: None)
+    assert fake.calls == [] and seen[-1][0] == {'vision_setting': 'ab', 'vision_pool': 2}
+    with pytest.raises(ValueError, match=r'c_score.cfg_options = .*give a dict'):
+        load_sweep_config(sweep_file, {'c_score.cfg_options': 'vision_pool=1'})

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mllm_align.constants import IMAGE_TOKEN_INDEX
 from mllm_align.engine.a_score_eval import caption_pairs_from_config, evaluate_a_score_v1
 from mllm_align.engine.build import build_model_from_config, load_config
 from mllm_align.evaluation.a_score import AScoreEvaluator
@@ -61,3 +62,40 @@ def test_v1_self_score_is_one(tiny_assets, tmp_path):
     assert evaluate_a_score_v1((CONFIG, ckpt), [(CONFIG, ckpt)], num_images=4) == pytest.approx(1.0, abs=1e-5)
     other = write_perturbed_checkpoints(model, tmp_path / 'b', iterations=(2,), scale=2.0)[0]
     assert evaluate_a_score_v1((CONFIG, ckpt), [(CONFIG, other)], num_images=4) < 0.999
+
+
+def test_v3_of_an_hf_export_equals_the_source_models(setup, tiny_assets, tmp_path):
+    """An HF directory is scored on the pairs its config makes (the same numbers as the model it was exported
+    from); a directory whose template or tokenizer does not match the config's pairs is refused, naming it."""
+    from mllm_align.engine.a_score_eval import check_hf_dir_matches_pairs, evaluate_a_score
+    from mllm_align.engine.build import image_processor_from_config
+    from mllm_align.models.hf_llava import load_hf_dir
+
+    model, _, _, _ = setup
+    cfg = load_config(CONFIG)
+    out = model.export_hf(tmp_path / 'hf', image_processor=image_processor_from_config(cfg))
+    records = evaluate_a_score(out, CONFIG, num_pairs=6, seed=3, progress=False, plots=False)
+    assert (tmp_path / 'hf_a_score' / 'a_score.json').is_file() and records[0]['pairs'] == 6
+    # independent: transformers' own Llava forward with labels, the image placeholder expanded to its tokens
+    # (the export's vocabulary has one more class, its image token, so this is not the source model's number)
+    hf = load_hf_dir(out)
+    samples, _, _ = caption_pairs_from_config(cfg, num_pairs=6, seed=3)
+    image_id, per_image = hf.hf_model.config.image_token_index, 16
+    losses = []
+    for s in samples:
+        ids, labels = [], []
+        for t, lab in zip(s['input_ids'].tolist(), s['labels'].tolist()):
+            ids += [image_id] * per_image if t == IMAGE_TOKEN_INDEX else [t]
+            labels += [-100] * per_image if t == IMAGE_TOKEN_INDEX else [lab]
+        with torch.no_grad():
+            losses.append(float(hf.hf_model(input_ids=torch.tensor([ids]), pixel_values=s['pixel_values'],
+                                            labels=torch.tensor([labels])).loss))
+    assert records[0]['a_score_v3'] == pytest.approx(-sum(losses) / len(losses), abs=1e-5)
+    hf.template = 'vicuna_v1'
+    with pytest.raises(ValueError, match=r"exported with template 'vicuna_v1'.*pass the config"):
+        check_hf_dir_matches_pairs(hf, cfg, samples, out)
+    hf = load_hf_dir(out)
+    from mllm_align.models import load_tokenizer
+    hf.tokenizer = load_tokenizer(str(tiny_assets.llm('qwen2')))  # another model's tokenizer
+    with pytest.raises(ValueError, match='another vocabulary'):
+        check_hf_dir_matches_pairs(hf, cfg, samples, out)

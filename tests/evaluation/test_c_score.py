@@ -119,3 +119,36 @@ def test_window_radius_reaches_the_matcher(pairs):
     assert (one_cell.hits, one_cell.keypoints) == (hard.hits, hard.keypoints)
     soft = c_score(enc, proc, pairs, match='window-soft-argmax', alpha=0.1)
     assert soft.settings['window_radius'] == 7 and soft.settings['temperature'] == 0.02
+
+
+def test_multi_tower_processor_frames_the_canvas_for_each_tower(tmp_path):
+    """C+D with a cropping tower (DINOv2-style: 40 → crop 35) beside one that does not crop: each tower's part of
+    the packed pixels is its processor on the image framed for *its* crop (a frame for both, or none, would shift
+    one tower's grid against the keypoints)."""
+    from transformers import BitImageProcessor, CLIPImageProcessor
+
+    from mllm_align.evaluation.c_score import _place
+    from mllm_align.models import MultiTowerImageProcessor
+
+    crop = BitImageProcessor(size={'shortest_edge': 40}, crop_size={'height': 35, 'width': 35}, do_normalize=False,
+                             do_rescale=False, image_mean=[0.5, 0.5, 0.5])
+    plain = CLIPImageProcessor(size={'shortest_edge': 32}, crop_size={'height': 32, 'width': 32})
+    multi = MultiTowerImageProcessor([crop, plain])
+    arr = np.zeros((60, 80, 3), np.uint8)
+    arr[4:-4, 4:-4] = 255
+    image = Image.fromarray(arr)
+    image.save(tmp_path / 'im.png')
+    seen = []
+
+    class Split(nn.Module):  # records each tower's pixels; returns a 1×1 grid
+        def forward(self, pixel_values):
+            seen.append(multi.unpack(pixel_values))
+            return torch.zeros(pixel_values.shape[0], 1, 2)
+
+    grids = extract_feature_grids(Split(), multi, [tmp_path / 'im.png'])
+    assert next(iter(grids.values())).shape == (2, 1, 1)
+    for part, proc in zip(seen[0], (crop, plain)):
+        alone = proc(images=[_place(image, 'geoaware', proc)], return_tensors='pt')['pixel_values']
+        assert torch.equal(part, alone)
+    naive = crop(images=[_place(image, 'geoaware', plain)], return_tensors='pt')['pixel_values']
+    assert not torch.equal(seen[0][0], naive)  # the plain processor's (absent) frame would be wrong for the crop

@@ -80,6 +80,10 @@ def test_config_check_and_export(tiny_assets, tmp_path):
         proc.processors[1].update(size=dict(shortest_edge=32), crop_size=dict(height=32, width=32))
     with pytest.raises(ConfigMismatchError, match=r'processors\[1\] outputs 32×32 images but tower 1'):
         check_settings_agree(bad)
+    from mllm_align.engine.build import image_processor_from_config
+    from mllm_align.models import MultiTowerImageProcessor
+    proc = image_processor_from_config(cfg)  # what the chat/MIR hooks and the eval tools read
+    assert isinstance(proc, MultiTowerImageProcessor) and len(proc.processors) == 2
     model = build_model_from_config(cfg)
     with pytest.raises(ValueError, match='combines 2 vision towers'):
         model.export_hf(tmp_path / 'hf')
