@@ -140,6 +140,12 @@ def _convert_correspondence(wheels: dict[str, Path], out_dir: Path, work_dir: Pa
     return mod.write_correspondence_spair(members, out_dir)
 
 
+def _convert_mmvm_mini(wheels: dict[str, Path], out_dir: Path, work_dir: Path) -> Any:
+    mod = _import_converter('mllm_align.assets.mmvm_mini')
+    from .correspondence import read_skimage_members
+    return mod.build_mmvm_mini(read_skimage_members(wheels['scikit-image'], mod.SKIMAGE_MEMBERS), out_dir)
+
+
 def _convert_random_vit(wheels: dict[str, Path], out_dir: Path, work_dir: Path) -> Any:
     """DINOv2-S's architecture and image processor with seeded random weights (the law sweep's random ViT)."""
     import torch
@@ -169,6 +175,8 @@ DEFAULT_STEPS: tuple[Step, ...] = (
     Step('correspondence', ('scikit-image',), 512 * MiB, _convert_correspondence,
          _version_of('mllm_align.assets.correspondence'),
          'graffiti + aloe (Debian opencv-doc) + motorcycle (scikit-image) pairs, SPair layout'),
+    Step('mmvm_mini', ('scikit-image',), 128 * MiB, _convert_mmvm_mini, _version_of('mllm_align.assets.mmvm_mini'),
+         'MMVM mini bench: 28 matching cases built from real photos (scikit-image), released layout'),
 )
 #: The pseudo-step that fetches and verifies every pinned wheel.
 WHEELS_STEP = 'wheels'

@@ -14,8 +14,8 @@ Columns: ``question`` is the whole text prompt (the kit sends ``[image, image, q
 ``image_path`` then the text; the options are already in the question); ``answer`` the right letter;
 ``choices`` the options, one ``LETTER. text`` per line, the last always "None of the above choices are
 correct" (:func:`~mllm_align.metrics.mmvm.parse_choices`); ``match_type`` a list literal of type ids 1–8
-(:data:`~mllm_align.metrics.mmvm.MATCH_TYPES`); ``image_path`` a list literal of paths relative to the TSV's
-folder (or one path). Extra columns are kept in :attr:`MMVMCase.extra`.
+(:data:`~mllm_align.metrics.mmvm.MATCH_TYPES`); ``image_path`` a list literal of paths relative to the bench
+folder ``root`` (or one path). Extra columns are kept in :attr:`MMVMCase.extra`.
 
 Mask JSON (``FRAME00.json`` / ``FRAME01_CAND.json``), as the mini-bench builder writes it::
 
@@ -86,7 +86,7 @@ def load_mmvm(root: str | os.PathLike, tsv: str | os.PathLike | None = None, *, 
 
     Args:
         root: the folder holding ``match_bench/`` and the TSV.
-        tsv: the TSV (default ``<root>/mllm_match_eval_full.tsv``); image paths are relative to its folder.
+        tsv: the TSV (default ``<root>/mllm_match_eval_full.tsv``); its image paths are relative to ``root``.
         check_files: check that every case folder holds its six files (a missing one is named).
         limit: the first N questions only.
 
@@ -131,7 +131,7 @@ def load_mmvm(root: str | os.PathLike, tsv: str | os.PathLike | None = None, *, 
             raise ValueError(f'{where}: image_path {err}.') from None
         if not rel:
             raise ValueError(f'{where}: no image_path.')
-        images = tuple((path.parent / p).resolve() for p in rel)
+        images = tuple((root / p).resolve() for p in rel)
         case_dir = images[0].parent if images[0].parent.name.startswith('case_') else None
         if check_files:
             for img in images:

@@ -41,8 +41,9 @@ from .build import (
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..models.base import MultimodalModel
 
-__all__ = ['ModelSource', 'UNTRAINED_NAME', 'evaluate_vqa', 'load_model_source', 'resolve_dtype_arg',
-           'resolve_vqa_target', 'save_untrained_checkpoint']  # UNTRAINED_NAME, save_…: from evaluation
+# (UNTRAINED_NAME and save_untrained_checkpoint are re-exported from mllm_align.evaluation)
+__all__ = ['GenerationSeries', 'ModelSource', 'UNTRAINED_NAME', 'evaluate_vqa', 'load_model_source',
+           'resolve_dtype_arg', 'resolve_vqa_target', 'save_untrained_checkpoint']
 
 #: Sub-folder of the output folder that holds the untrained model's snapshot (``iter_0.pth``).
 
@@ -156,6 +157,89 @@ def resolve_vqa_target(target: str | os.PathLike, checkpoint: str | None = None,
     return chosen
 
 
+
+@dataclass
+class GenerationSeries:
+    """What a generation benchmark (VQA, MMVM) scores, resolved: the config, the target and its kind, and the
+    image processing of a ``.pth`` series (an HF directory brings its own). :meth:`run` scores it on the runner
+    (the untrained model first, as iteration 0, when asked)."""
+
+    cfg: Any
+    config: str | os.PathLike | None
+    target: Path | None
+    kind: str
+    untrained: bool
+    image_processor: Any
+    pad_to_square: bool
+    cfg_options: dict[str, Any] | None
+
+    @classmethod
+    def prepare(cls, target: str | os.PathLike | None, config: str | os.PathLike | None, *,
+                checkpoint: str | None = None, latest: bool = False, untrained: bool = False,
+                out_dir: str | os.PathLike | None = None,
+                cfg_options: dict[str, Any] | None = None) -> 'GenerationSeries':
+        """Check and resolve the arguments (the errors name the fix)."""
+        if target is None and not untrained:
+            raise ValueError('Nothing to score: give a target (work dir, checkpoint, HF directory) or --untrained.')
+        if cfg_options and config is None:
+            raise ValueError('--cfg-options needs --config.')
+        if cfg_options:
+            from .config_overrides import load_config as load_config_with_options
+            cfg = load_config_with_options(config, cfg_options)
+        else:
+            cfg = load_config(config) if config is not None else None
+        target_path = resolve_vqa_target(target, checkpoint, latest) if target is not None else None
+        kind = discover_checkpoints(target_path, check_complete=False)[0].kind if target_path is not None else 'pth'
+        if cfg is None and (kind == 'pth' or untrained):
+            raise ValueError('--config is required to score .pth checkpoints and the untrained model: the frozen '
+                             'base is rebuilt from it and only the trained weights come from a checkpoint.')
+        if kind == 'hf' and untrained:
+            raise ValueError('--untrained scores a config\'s model; an HF directory has no untrained state.')
+        if target_path is None and out_dir is None:
+            raise ValueError('--out is required when only the untrained model is scored.')
+        image_processor, pad = None, False
+        if kind == 'pth':
+            image_processor = image_processor_from_config(cfg)
+            if image_processor is None:
+                raise ValueError(f'Config {config} has no image processor (a top-level `image_processor`, the train '
+                                 'dataset\'s, or a preprocessor_config.json in the vision tower directory).')
+            pad = export_settings_from_config(cfg)['pad_image_to_square']
+        return cls(cfg, config, target_path, kind, untrained, image_processor, pad, cfg_options)
+
+    def run(self, evaluator: Any, *, out_dir: str | os.PathLike | None = None, device: str | None = None,
+            dtype: str | None = None, template: str | None = None, overwrite: bool = False, progress: bool = True,
+            plots: bool = True, console: Any = None,
+            model_factory: Callable[[], 'MultimodalModel'] | None = None) -> tuple[list[dict[str, Any]], Path]:
+        """Score the series with ``evaluator``; returns (records, results folder)."""
+        out = Path(out_dir) if out_dir is not None else default_out_dir(self.target, self.kind, evaluator.name)
+        torch_dtype = resolve_dtype_arg(dtype)
+        config = self.config
+        model_settings = dict(dtype=str(torch_dtype).replace('torch.', '') if torch_dtype else 'config',
+                              config=None if config is None else str(Path(config).resolve()),
+                              config_sha256=None if config is None else config_sha256(config), template=template,
+                              cfg_options={k: repr(v) for k, v in sorted((self.cfg_options or {}).items())})
+        built: list['MultimodalModel'] = []
+
+        def build() -> 'MultimodalModel':  # once for the untrained snapshot and the series
+            if not built:
+                built.append(model_factory() if model_factory is not None else build_model_from_config(self.cfg))
+            return built[0]
+
+        common = dict(build_model=build, out_dir=out, model_settings=model_settings, source=str(config),
+                      template=template, dtype=torch_dtype, device=device, overwrite=overwrite, progress=progress,
+                      plots=plots, console=console)
+        records: list[dict[str, Any]] = []
+        if self.untrained:
+            snapshot = untrained_snapshot(out, build, model_settings)  # rebuilt when the config or dtype changes
+            records += evaluate_checkpoints(snapshot, evaluator, **common)[evaluator.name]
+        if self.target is not None:
+            records += evaluate_checkpoints(self.target, evaluator, **common)[evaluator.name]
+        if self.untrained and self.target is not None:  # before and after training in one table
+            from rich.console import Console
+            (console or Console()).print(evaluator.summary_table(records))
+        return records, out
+
+
 def _output_name(record: dict[str, Any], out_dir: Path) -> str:
     ckpt = Path(record['checkpoint'])
     if ckpt.parent.resolve() == (out_dir / UNTRAINED_NAME).resolve():
@@ -200,66 +284,21 @@ def evaluate_vqa(target: str | os.PathLike | None, config: str | os.PathLike | N
         SettingsMismatch: ``vqa.json`` exists with other settings (and not ``overwrite``).
         ValueError / FileNotFoundError: bad inputs, each naming the cause.
     """
-    if target is None and not untrained:
-        raise ValueError('Nothing to score: give a target (work dir, checkpoint, HF directory) or --untrained.')
     if show < 0:
         raise ValueError(f'--show must be >= 0, got {show}.')
-    if cfg_options and config is None:
-        raise ValueError('--cfg-options needs --config.')
-    if cfg_options:
-        from .config_overrides import load_config as load_config_with_options
-        cfg = load_config_with_options(config, cfg_options)
-    else:
-        cfg = load_config(config) if config is not None else None
-    target_path = resolve_vqa_target(target, checkpoint, latest) if target is not None else None
-    kind = discover_checkpoints(target_path, check_complete=False)[0].kind if target_path is not None else 'pth'
-    if cfg is None and (kind == 'pth' or untrained):
-        raise ValueError('--config is required to score .pth checkpoints and the untrained model: the frozen base '
-                         'is rebuilt from it and only the trained weights come from a checkpoint.')
-    if kind == 'hf' and untrained:
-        raise ValueError('--untrained scores a config\'s model; an HF directory has no untrained state.')
-    if target_path is None and out_dir is None:
-        raise ValueError('--out is required when only the untrained model is scored.')
-
+    series = GenerationSeries.prepare(target, config, checkpoint=checkpoint, latest=latest, untrained=untrained,
+                                      out_dir=out_dir, cfg_options=cfg_options)
     pairs = load_question_answers(baseline_data) if baseline_data is not None else None
     baseline = [a for _, a in pairs] if pairs is not None else None
-    image_processor, pad = None, False
-    if kind == 'pth':
-        image_processor = image_processor_from_config(cfg)
-        if image_processor is None:
-            raise ValueError(f'Config {config} has no image processor (a top-level `image_processor`, the train '
-                             'dataset\'s, or a preprocessor_config.json in the vision tower directory).')
-        pad = export_settings_from_config(cfg)['pad_image_to_square']
-    evaluator = VQAEvaluator(data, image_folder, image_processor=image_processor, pad_to_square=pad, limit=limit,
-                             batch_size=batch_size, max_new_tokens=max_new_tokens, match=match,  # type: ignore[arg-type]
+    evaluator = VQAEvaluator(data, image_folder, image_processor=series.image_processor,
+                             pad_to_square=series.pad_to_square, limit=limit, batch_size=batch_size,
+                             max_new_tokens=max_new_tokens, match=match,  # type: ignore[arg-type]
                              baseline_answers=baseline,
                              baseline_questions=None if pairs is None else [q for q, _ in pairs],
                              baseline_source=None if baseline_data is None else str(Path(baseline_data).resolve()))
-    out = Path(out_dir) if out_dir is not None else default_out_dir(target_path, kind, evaluator.name)
-    torch_dtype = resolve_dtype_arg(dtype)
-    model_settings = dict(dtype=str(torch_dtype).replace('torch.', '') if torch_dtype else 'config',
-                          config=None if config is None else str(Path(config).resolve()),
-                          config_sha256=None if config is None else config_sha256(config), template=template,
-                          cfg_options={k: repr(v) for k, v in sorted((cfg_options or {}).items())})
-    built: list['MultimodalModel'] = []
-
-    def build() -> 'MultimodalModel':  # once for the untrained snapshot and the series
-        if not built:
-            built.append(model_factory() if model_factory is not None else build_model_from_config(cfg))
-        return built[0]
-
-    common = dict(build_model=build, out_dir=out, model_settings=model_settings, source=str(config),
-                  template=template, dtype=torch_dtype, device=device, overwrite=overwrite, progress=progress,
-                  plots=plots, console=console)
-    records: list[dict[str, Any]] = []
-    if untrained:
-        snapshot = untrained_snapshot(out, build, model_settings)  # rebuilt when the config or dtype changes
-        records += evaluate_checkpoints(snapshot, evaluator, **common)[evaluator.name]
-    if target_path is not None:
-        records += evaluate_checkpoints(target_path, evaluator, **common)[evaluator.name]
-    if untrained and target_path is not None:  # before and after training in one table
-        from rich.console import Console
-        (console or Console()).print(evaluator.summary_table(records))
+    records, out = series.run(evaluator, out_dir=out_dir, device=device, dtype=dtype, template=template,
+                              overwrite=overwrite, progress=progress, plots=plots, console=console,
+                              model_factory=model_factory)
     for record in records:
         name = _output_name(record, out)
         evaluator.write_predictions(record, out / 'predictions' / f'{name}.jsonl')

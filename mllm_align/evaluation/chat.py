@@ -38,16 +38,17 @@ def _model_device(model: 'MultimodalModel') -> torch.device:
     return next(model.parameters()).device
 
 
-def build_chat_batch(model: 'MultimodalModel', images: Sequence['Image.Image'],
+def build_chat_batch(model: 'MultimodalModel', images: Sequence['Image.Image | Sequence[Image.Image]'],
                      conversations: Sequence[Sequence[Mapping[str, Any]]], *, image_processor: Any = None,
                      pad_to_square: bool = True, system: str | None = None,
                      sample_ids: Sequence[str] | None = None) -> dict[str, Any]:
-    """The model's batch for B prompts that each end with an open assistant turn, one image per prompt.
+    """The model's batch for B prompts that each end with an open assistant turn, one or more images each.
 
     Args:
         model: the model (its ``tokenizer`` and ``template`` build the prompt ids).
-        images: B RGB PIL images (e.g. :func:`~mllm_align.data.image_loading.load_image`).
-        conversations: B LLaVA conversations ending with a human turn whose text holds one ``<image>``.
+        images: per prompt an RGB PIL image (e.g. :func:`~mllm_align.data.image_loading.load_image`) or a list
+            of them, in the order of the prompt's ``<image>`` marks.
+        conversations: B LLaVA conversations ending with a human turn; as many ``<image>`` as images.
         image_processor: the training image processor; None: ``model.process_images`` (its own, e.g. an HF
             export's, which pads as training did).
         pad_to_square: pad to a square before ``image_processor`` (LLaVA-1.5 ``pad``; the config's
@@ -70,14 +71,20 @@ def build_chat_batch(model: 'MultimodalModel', images: Sequence['Image.Image'],
         raise ValueError(f'build_chat_batch: {len(images)} images for {len(conversations)} prompts; give one image '
                          'per prompt (at least one).')
     ids = list(sample_ids) if sample_ids is not None else [str(i) for i in range(len(images))]
+    groups = [list(im) if isinstance(im, (list, tuple)) else [im] for im in images]
     items = []
-    for sid, conv in zip(ids, conversations):
+    for sid, conv, group in zip(ids, conversations, groups):
+        marks = sum(str(turn.get('value', '')).count(DEFAULT_IMAGE_TOKEN) for turn in conv)
+        if marks != len(group):
+            raise ValueError(f'Prompt {sid}: {marks} {DEFAULT_IMAGE_TOKEN} in its text for {len(group)} image(s); '
+                             f'put one {DEFAULT_IMAGE_TOKEN} per image, in order.')
         prompt = build_generation_prompt(conv, model.tokenizer, model.template, system=system, sample_id=sid)
         items.append(dict(id=sid, input_ids=prompt, labels=[IGNORE_INDEX] * len(prompt)))
+    flat = [im for group in groups for im in group]
     if image_processor is None:
-        image_entries = model.process_images(list(images))
+        image_entries = model.process_images(flat)
     else:
-        image_entries = process_image_inputs(list(images), image_processor, pad_to_square)
+        image_entries = process_image_inputs(flat, image_processor, pad_to_square)
     data = llava_collate_fn(items, pad_token_id=model.pad_token_id)['data']
     data.pop('pixel_values', None)
     device = _model_device(model)

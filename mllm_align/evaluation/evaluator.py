@@ -10,6 +10,7 @@ accumulates over batches into ``self.results``, ``compute_metrics(results)`` red
                     same settings (and the runner's model settings)
     info()          extra top-level entries of the results file (e.g. the probe's pairs)
     prepare(model)  once, after the base model is built (check it fits: layer range, …)
+    begin_checkpoint(name, out_dir, key)  before each checkpoint (where to keep per-sample work)
     num_passes      passes over the data per checkpoint (MIR: 2, its outlier rule needs all rows first)
     begin_pass(i)   before pass i (0-based)
     batches(model)  the data batches for this model (e.g. the probe encoded with its tokenizer)
@@ -104,6 +105,11 @@ class ModelEvaluator(ABC):
     @abstractmethod
     def run_batch(self, model: 'MultimodalModel', data_batch: Any) -> Sequence[Any]:
         """The model's outputs for one batch (one entry per sample); called under ``torch.no_grad()``."""
+
+    def begin_checkpoint(self, name: str, out_dir: Path, key: dict[str, Any]) -> None:
+        """Called before a checkpoint is scored: its file name, the results folder and its identity (path,
+        size, mtime). An evaluator that keeps partial work (per-sample predictions, so an interrupted run
+        resumes) files it under these. Default: nothing."""
 
     def begin_pass(self, index: int) -> None:
         """Called before pass ``index`` (0-based) of one checkpoint; pass 0 starts from empty ``results``."""

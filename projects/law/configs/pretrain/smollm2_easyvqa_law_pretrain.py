@@ -28,8 +28,9 @@ the 4,000 captions) and only the last checkpoint is saved (the sweep scores the 
 this config as it trains reads the same 4×4 grid (what the projector sees), too coarse to rank the towers
 (2026-12-02, PCK@0.10 on data/real/correspondence: random 8.9 %, EfficientNet 16.7 %, DINOv2 15.6 %,
 both 18.9 %); ``--cfg-options vision_image_size=224 vision_pool=1`` re-derives every setting on the towers'
-native grids (DINOv2 16×16, EfficientNet 7×7, the pair on DINOv2's 16×16), which is where to score C:
-random 30.0 %, EfficientNet 42.2 %, DINOv2 54.4 %, both 68.9 % (the paper's order; three pairs, 90 keypoints).
+native grids (DINOv2 16×16, EfficientNet 7×7, the pair on DINOv2's 16×16), which is where the sweep scores C
+(``c_score.cfg_options`` of ``projects/law/sweeps/easyvqa_real.py``): random 30.0 %, EfficientNet 42.2 %,
+DINOv2 54.4 %, both 76.7 % (the paper's order; three pairs, 90 keypoints; the table: docs/design.md).
 """
 # ruff: noqa: F403, F405, I001 (names from the read_base() chain; the recipe first, then the demo's values)
 from mmengine.config import read_base
