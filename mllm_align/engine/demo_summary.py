@@ -6,6 +6,7 @@
     DEMO_DIR/pretrain/mir/     mir.json, mir.csv, mir_curve.png, mir_layers.png   (tools/eval_mir.py)
     DEMO_DIR/sft/              iter_*.pth, <timestamp>/vis_data/scalars.json, chat_samples.jsonl
     DEMO_DIR/sft/vqa/          vqa.json (iteration 0 = before SFT), vqa_curve.png, answers/*.png   (tools/eval_vqa.py)
+    DEMO_DIR/sft/mmvm/         mmvm.json, mmvm_categories.png: the MMVM mini bench after SFT   (tools/eval_mmvm.py)
 
 :func:`summarize_demo` reads those files only (no model is built) and returns the report as text;
 :func:`write_demo_report` also writes ``summary.md`` and ``loss_curve.png`` (both stages' training loss)
@@ -32,6 +33,7 @@ class DemoResults:
     sft_loss: list[tuple[int, float]] = field(default_factory=list)
     mir: list[tuple[int, float]] = field(default_factory=list)  # (iteration, MIR)
     vqa: list[dict[str, Any]] = field(default_factory=list)  # records of vqa.json, by iteration
+    mmvm: list[dict[str, Any]] = field(default_factory=list)  # records of mmvm.json, by iteration
     chat: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # stage -> chat samples
     files: list[Path] = field(default_factory=list)  # plots and answered images found
 
@@ -60,8 +62,10 @@ def read_demo_results(demo_dir: str | Path) -> DemoResults:
     pre, sft = demo_dir / 'pretrain', demo_dir / 'sft'
     out = DemoResults(demo_dir=demo_dir, pretrain_loss=_loss(pre), sft_loss=_loss(sft),
                       mir=[(int(r['iteration']), float(r['mir'])) for r in _results(pre / 'mir' / 'mir.json')],
-                      vqa=_results(sft / 'vqa' / 'vqa.json'), chat={'pretrain': _chat(pre), 'sft': _chat(sft)})
-    for pattern in ('pretrain/mir/*.png', 'sft/vqa/*.png', 'sft/vqa/answers/*.png', 'loss_curve.png'):
+                      vqa=_results(sft / 'vqa' / 'vqa.json'), mmvm=_results(sft / 'mmvm' / 'mmvm.json'),
+                      chat={'pretrain': _chat(pre), 'sft': _chat(sft)})
+    for pattern in ('pretrain/mir/*.png', 'sft/vqa/*.png', 'sft/vqa/answers/*.png', 'sft/mmvm/*.png',
+                    'loss_curve.png'):
         out.files += sorted(demo_dir.glob(pattern))
     return out
 
@@ -95,6 +99,11 @@ def summarize_demo(demo_dir: str | Path) -> str:
                      f'{last["majority_accuracy"]:.3f} (always {last["majority_answer"]!r})'))
         if last.get('prior_accuracy') is not None:
             rows.append(('blind prior (question only, no image)', f'{last["prior_accuracy"]:.3f}'))
+    if res.mmvm:
+        last = res.mmvm[-1]
+        rows.append((f'MMVM mini bench, visual matching ({last["num_questions"]} questions, never trained)',
+                     f'{last["accuracy"]:.3f} after SFT (iter {last["iteration"]}); chance '
+                     f'{last.get("chance_accuracy", float("nan")):.3f}; unread answers {last.get("unread")}'))
     lines = [f'# mllm_align demo: {res.demo_dir}', '', '| | |', '|---|---|']
     lines += [f'| {k} | {v} |' for k, v in rows] or ['| (nothing yet) | |']
     if res.mir:

@@ -209,7 +209,10 @@ class MMVMEvaluator(ModelEvaluator):
                              num_candidates=[self.cases[i].num_candidates for i in order],
                              indices=[self.cases[i].index for i in order])
         unread = sum(r['choice'] is None for r in rows)
+        # a uniform random pick among the options (circular: right in every rotation by chance)
+        chance = [(1 / len(self.cases[i].options)) ** (len(per_case[i]) if self.circular else 1) for i in order]
         return dict(accuracy=report.overall, num_questions=report.count, unread=unread,
+                    chance_accuracy=sum(chance) / len(chance),
                     **{f'acc_{t}': report.per_type[t] for t in MATCH_TYPES},
                     per_type_count=report.per_type_count, by_candidates=report.by_candidates,
                     by_candidates_count=report.by_candidates_count, errors=report.errors, policy=self.policy,

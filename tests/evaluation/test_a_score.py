@@ -99,3 +99,48 @@ def test_v3_of_an_hf_export_equals_the_source_models(setup, tiny_assets, tmp_pat
     hf.tokenizer = load_tokenizer(str(tiny_assets.llm('qwen2')))  # another model's tokenizer
     with pytest.raises(ValueError, match='another vocabulary'):
         check_hf_dir_matches_pairs(hf, cfg, samples, out)
+
+
+def _caption_json(path, rows):
+    import json
+    path.write_text(json.dumps([dict(id=i, image=img, conversations=[
+        {'from': 'human', 'value': '<image>'}, {'from': 'gpt', 'value': text}]) for i, img, text in rows]))
+    return path
+
+
+def test_fewer_pairs_than_asked_warn_and_bad_pairs_are_named(tiny_assets, tmp_path, monkeypatch):
+    """Fewer pairs than N: a warning and all of them; a missing image or a pair without one: an error naming it."""
+    from mllm_align.engine import a_score_eval
+
+    warned = []
+    monkeypatch.setattr(a_score_eval, 'print_log', lambda msg, **kw: warned.append((msg, kw.get('level'))))
+    cfg = load_config(CONFIG)
+    folder = tiny_assets.image_folder
+    good = _caption_json(tmp_path / 'two.json', [('a', 'images/train_000000.png', 'a blue star.'),
+                                                 ('b', 'images/train_000001.png', 'a red circle.')])
+    samples, _, settings = caption_pairs_from_config(cfg, data=good, image_folder=folder, num_pairs=5)
+    assert [s['id'] for s in samples] == ['a', 'b'] and settings['requested_pairs'] == 5
+    assert [level for msg, level in warned if 'has 2 samples, fewer than the 5 asked for' in msg] == [30]
+    missing = _caption_json(tmp_path / 'missing.json', [('gone', 'images/nope.png', 'a blue star.')])
+    with pytest.raises(Exception, match=r"(?s)gone.*nope\.png|nope\.png.*gone"):
+        caption_pairs_from_config(cfg, data=missing, image_folder=folder, num_pairs=1)
+    import json
+    (tmp_path / 'noimg.json').write_text(json.dumps([dict(id='txt', conversations=[
+        {'from': 'human', 'value': 'hello'}, {'from': 'gpt', 'value': 'a caption.'}])]))
+    with pytest.raises(ValueError, match=r"samples \['txt'\] .* have no image"):
+        caption_pairs_from_config(cfg, data=tmp_path / 'noimg.json', image_folder=folder, num_pairs=1)
+
+
+def test_cfg_options_are_part_of_the_fingerprint(tiny_assets, tmp_path):
+    """The same checkpoint scored under other --cfg-options is another setting: refused, or redone with overwrite."""
+    from mllm_align.engine.a_score_eval import evaluate_a_score
+    from mllm_align.evaluation.runner import SettingsMismatch
+    from mllm_align.testing.runs import write_perturbed_checkpoints
+
+    ckpt = write_perturbed_checkpoints(build_model_from_config(CONFIG), tmp_path, iterations=(1,))[0]
+    kw = dict(num_pairs=3, progress=False, plots=False)
+    first = evaluate_a_score(ckpt, CONFIG, **kw)
+    with pytest.raises(SettingsMismatch, match='cfg_options'):
+        evaluate_a_score(ckpt, CONFIG, cfg_options={'max_length': 48}, **kw)
+    again = evaluate_a_score(ckpt, CONFIG, cfg_options={'max_length': 48}, overwrite=True, **kw)
+    assert again[0]['finished_at'] >= first[0]['finished_at'] and again[0]['pairs'] == 3

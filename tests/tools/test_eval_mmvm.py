@@ -99,6 +99,15 @@ def test_series_resumes_after_an_interruption_and_writes_everything(bench, run_d
     assert main(['--predictions', str(kit), '--bench', str(bench), '--tsv', str(five / 'mllm_match_eval_full.tsv'),
                  '--out', str(tmp_path / 'scored')]) == 0
     assert json.loads((tmp_path / 'scored' / 'mmvm_predictions_score.json').read_text())['accuracy'] == rec['accuracy']
+    import openpyxl  # the kit's default output format
+    book = openpyxl.Workbook()
+    book.active.append(['index', 'question', 'prediction'])
+    for r in rec['predictions']:
+        book.active.append([int(r['index']), 'q', r['prediction']])
+    book.save(tmp_path / 'kit.xlsx')
+    xlsx = score_predictions_file(tmp_path / 'kit.xlsx', bench=bench, tsv=five / 'mllm_match_eval_full.tsv')
+    assert xlsx['accuracy'] == rec['accuracy'] and [r['prediction'] for r in xlsx['predictions']] == \
+        [r['prediction'] for r in rec['predictions']]
     stray = tmp_path / 'stray.jsonl'
     stray.write_text(json.dumps(dict(index='9999', prediction='A')) + '\n')
     assert main(['--predictions', str(stray), '--bench', str(bench)]) == 1
@@ -122,3 +131,29 @@ def test_circular_evaluation_of_a_scripted_model_that_always_answers_A(bench):
     # a rotated question lists the rotated options and keeps the rest of its text
     text, options, answer = circ.rows[1][2:]
     assert text.startswith(cases[0].question[:60]) and options[answer] == cases[0].options[cases[0].answer]
+
+
+@pytest.mark.real_assets
+def test_a_qwen2_vl_base_is_asked_with_both_images(bench, tiny_assets, tmp_path):
+    """The Qwen2-VL base (dynamic grids, M-RoPE) through the same path: both images of a case in one prompt."""
+    from mllm_align.engine.mmvm_eval import evaluate_mmvm
+
+    qwen = 'projects/qwen2_vl/configs/finetune/qwen2_vl_2b_instruct_finetune_tiny_cpu.py'
+    (rec,) = evaluate_mmvm(None, qwen, bench=bench, limit=2, untrained=True, out_dir=tmp_path / 'q', batch_size=2,
+                           max_new_tokens=2, progress=False, plots=False, device='cpu')
+    assert rec['num_questions'] == 2 and rec['iteration'] == 0 and len(rec['predictions']) == 2
+
+
+@pytest.mark.real_assets
+def test_an_hf_export_is_scored_like_its_source_model(bench, tiny_assets, tmp_path):
+    """An exported HF Llava directory (its own processor) answers the same questions as the config's model."""
+    from mllm_align.engine.build import build_model_from_config, image_processor_from_config, load_config
+    from mllm_align.engine.mmvm_eval import evaluate_mmvm
+
+    cfg = load_config(REPO / CONFIG)
+    hf = build_model_from_config(cfg).export_hf(tmp_path / 'hf', image_processor=image_processor_from_config(cfg))
+    kw = dict(bench=bench, limit=3, batch_size=3, max_new_tokens=4, progress=False, plots=False, device='cpu')
+    (from_hf,) = evaluate_mmvm(hf, **kw)
+    (from_cfg,) = evaluate_mmvm(None, CONFIG, untrained=True, out_dir=tmp_path / 'cfg', **kw)
+    assert [r['prediction'] for r in from_hf['predictions']] == [r['prediction'] for r in from_cfg['predictions']]
+    assert (tmp_path / 'hf_mmvm' / 'mmvm.json').is_file()
