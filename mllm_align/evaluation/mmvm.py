@@ -168,7 +168,7 @@ class MMVMEvaluator(ModelEvaluator):
                 case = self.cases[i]
                 try:
                     images.append([load_image(str(p)) for p in case.images])
-                except ValueError as exc:
+                except (ValueError, OSError) as exc:  # too large, unreadable
                     raise ValueError(f'MMVM question {case.index} (line {case.line}): {exc}') from exc
                 marks = '\n'.join([DEFAULT_IMAGE_TOKEN] * len(case.images))
                 convs.append([{'from': 'human', 'value': f'{marks}\n{text}'}])

@@ -419,7 +419,7 @@ class VQAEvaluator(ModelEvaluator):
             for s in chunk:
                 try:
                     images.append(load_image(s.path))
-                except ValueError as exc:
+                except (ValueError, OSError) as exc:  # too large, unreadable
                     raise ValueError(f'{self.data_path}: sample id {s.id!r}: {exc}.') from exc
             data = build_chat_batch(model, images, [[{'from': 'human', 'value': s.prompt}] for s in chunk],
                                     image_processor=self.image_processor, pad_to_square=self.pad_to_square,

@@ -110,3 +110,12 @@ def test_bad_masks_are_named(tmp_path):
     (case / 'FRAME01_CAND.json').write_text(json.dumps({'shapes': []}))
     with pytest.raises(ValueError, match='expected \\{"objects"'):
         read_case_masks(case)
+
+
+def test_an_unreadable_image_is_named_by_its_question(bench):
+    from mllm_align.evaluation.mmvm import MMVMEvaluator
+
+    cases = load_mmvm(bench)
+    (cases[0].images[1]).write_bytes(b'not a jpeg')
+    with pytest.raises(ValueError, match=r'MMVM question 0 \(line 2\): .*FRAME01_CAND.jpg'):
+        next(iter(MMVMEvaluator(cases[:1]).batches(model=None)))
