@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mllm_align.data.mir_probe import DEFAULT_TEXT_MAX_TOKENS  # noqa: E402
 from mllm_align.engine.checkpoint import add_trust_checkpoint_argument  # noqa: E402
+from mllm_align.engine.config_overrides import CfgOptionsAction  # noqa: E402
 from mllm_align.metrics.mir import SQRT_MODES  # noqa: E402
 from mllm_align.models.hidden_states import TEXT_TOKENS  # noqa: E402
 
@@ -77,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also score the config's model before training (iteration 0: the projector at its "
                              'seeded random init), saved once as OUT/untrained/iter_0.pth')
     parser.add_argument('--overwrite', action='store_true', help='discard results computed with other settings')
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
+                        help='override config settings as tools/train.py does (the run\'s own --cfg-options)')
     parser.add_argument('--no-plots', action='store_true', help='do not write the PNGs')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     add_trust_checkpoint_argument(parser)
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                      text_max_tokens=args.text_max_tokens, seed=None if args.sorted else args.seed,
                      batch_size=args.batch_size, skip_bad_images=args.skip_bad_images, template=args.template,
                      overwrite=args.overwrite, progress=not args.no_progress, plots=not args.no_plots,
-                     untrained=args.untrained)
+                     untrained=args.untrained, cfg_options=args.cfg_options)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f'eval_mir: error: {exc}', file=sys.stderr)
         return 1

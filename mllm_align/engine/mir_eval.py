@@ -47,7 +47,8 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
                  text_max_tokens: int | None = DEFAULT_TEXT_MAX_TOKENS, seed: int | None = 0, batch_size: int = 1,
                  skip_bad_images: bool = False, template: str | None = None, overwrite: bool = False,
                  progress: bool = True, plots: bool = True, console: Any = None,
-                 model_factory: Callable[[], Any] | None = None, untrained: bool = False) -> list[dict[str, Any]]:
+                 model_factory: Callable[[], Any] | None = None, untrained: bool = False,
+                 cfg_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Score every checkpoint of ``target`` with MIR; write ``mir.json``, ``mir.csv`` and two PNGs.
 
     Args:
@@ -74,6 +75,7 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
         model_factory: builds the base model instead of the config (tests).
         untrained: also score the config's model as built, before any training (its projector at its seeded
             random init), as iteration 0 (``<out>/untrained/iter_0.pth``, saved once per config).
+        cfg_options: ``--cfg-options`` for the config (as ``tools/train.py`` takes them); part of the fingerprint.
 
     Returns:
         The records of every checkpoint of ``target`` (computed now or earlier), in iteration order
@@ -88,7 +90,13 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
     check_mir_settings(sqrt, text_tokens)  # fail before discovery and the probe
     refs = discover_checkpoints(target, check_complete=False)
     kind = refs[0].kind
-    cfg = load_config(config) if config is not None else None
+    if cfg_options and config is None:
+        raise ValueError('--cfg-options needs --config.')
+    if cfg_options:
+        from .config_overrides import load_config as load_config_with_options
+        cfg = load_config_with_options(config, cfg_options)
+    else:
+        cfg = load_config(config) if config is not None else None
     if cfg is None and kind == 'pth':
         raise ValueError('--config is required to score .pth checkpoints: the frozen base model is rebuilt from '
                          'it and only the trained weights come from the checkpoint.')
@@ -116,7 +124,8 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
     model_settings = dict(
         dtype=str(torch_dtype).replace('torch.', '') if torch_dtype else 'config',
         config=None if config is None else str(Path(config).resolve()),
-        config_sha256=None if config is None else config_sha256(config), template=template)
+        config_sha256=None if config is None else config_sha256(config), template=template,
+        **({'cfg_options': {k: repr(v) for k, v in sorted(cfg_options.items())}} if cfg_options else {}))
     if untrained and kind != 'pth':
         raise ValueError('--untrained scores a config\'s model before training; give the work dir of .pth '
                          'checkpoints and its --config (an HF directory has no untrained state).')

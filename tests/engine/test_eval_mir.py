@@ -150,3 +150,15 @@ def test_bad_inputs_name_their_cause(run_dir, tmp_path, tiny_assets):
     with pytest.raises(ValueError, match=r'b\.txt is empty'):
         evaluate_mir(run_dir / 'iter_2.pth', CONFIG, out_dir=tmp_path / 'o7', texts=texts, **FAST)
     assert discover_checkpoints(run_dir)[0].iteration == 2
+
+
+def test_cfg_options_reach_the_model_and_the_fingerprint(run_dir, tmp_path):
+    """--cfg-options as the run used them: recorded with the results; scoring again without them is refused."""
+    kw = dict(out_dir=tmp_path / 'o', plots=False, **FAST)
+    evaluate_mir(run_dir / 'iter_4.pth', CONFIG, cfg_options={'max_length': 48}, **kw)
+    doc = json.loads((tmp_path / 'o' / 'mir.json').read_text())
+    assert doc['settings']['cfg_options'] == {'max_length': '48'}
+    with pytest.raises(MIRSettingsMismatch):
+        evaluate_mir(run_dir / 'iter_4.pth', CONFIG, **kw)
+    with pytest.raises(ValueError, match='--cfg-options needs --config'):
+        evaluate_mir(run_dir / 'iter_4.pth', None, cfg_options={'max_length': 48}, **kw)
