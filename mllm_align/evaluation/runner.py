@@ -250,10 +250,10 @@ def evaluate_checkpoints(target: str | os.PathLike, evaluators: ModelEvaluator |
                     if ref not in book.todo:
                         continue
                     ev = book.evaluator
+                    ev.begin_checkpoint(ref.name, out_dir, ref.key())
                     total = ev.num_samples()
                     bar = tqdm(total=None if total is None else ev.num_passes * total,
                                desc=f'{ev.name} {ref.name}', unit='sample', disable=not progress, leave=False)
-                    ev.begin_checkpoint(ref.name, out_dir, ref.key())
                     start = time.perf_counter()
                     try:
                         metrics = ev.score(model, bar)
