@@ -147,13 +147,20 @@ def test_a_qwen2_vl_base_is_asked_with_both_images(bench, tiny_assets, tmp_path)
 @pytest.mark.real_assets
 def test_an_hf_export_is_scored_like_its_source_model(bench, tiny_assets, tmp_path):
     """An exported HF Llava directory (its own processor) answers the same questions as the config's model."""
+    import torch
+
     from mllm_align.engine.build import build_model_from_config, image_processor_from_config, load_config
     from mllm_align.engine.mmvm_eval import evaluate_mmvm
 
     cfg = load_config(REPO / CONFIG)
-    hf = build_model_from_config(cfg).export_hf(tmp_path / 'hf', image_processor=image_processor_from_config(cfg))
+
+    def build():  # the same random projector both times
+        torch.manual_seed(0)
+        return build_model_from_config(cfg)
+
+    hf = build().export_hf(tmp_path / 'hf', image_processor=image_processor_from_config(cfg))
     kw = dict(bench=bench, limit=3, batch_size=3, max_new_tokens=4, progress=False, plots=False, device='cpu')
     (from_hf,) = evaluate_mmvm(hf, **kw)
-    (from_cfg,) = evaluate_mmvm(None, CONFIG, untrained=True, out_dir=tmp_path / 'cfg', **kw)
+    (from_cfg,) = evaluate_mmvm(None, CONFIG, untrained=True, out_dir=tmp_path / 'cfg', model_factory=build, **kw)
     assert [r['prediction'] for r in from_hf['predictions']] == [r['prediction'] for r in from_cfg['predictions']]
     assert (tmp_path / 'hf_mmvm' / 'mmvm.json').is_file()
