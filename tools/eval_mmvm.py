@@ -64,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _print_record(rec: dict) -> None:
     from rich.console import Console
 
-    from mllm_align.evaluation.mmvm import MMVMEvaluator
-    Console().print(MMVMEvaluator.report(None, rec))  # type: ignore[arg-type]
+    from mllm_align.evaluation.mmvm import report_table
+    Console().print(report_table(rec))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from .evaluator import ModelEvaluator
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..models.base import MultimodalModel
 
-__all__ = ['MMVM_RESULTS_FORMAT', 'MMVMEvaluator', 'rotated_question']
+__all__ = ['MMVM_RESULTS_FORMAT', 'MMVMEvaluator', 'plot_categories', 'report_table', 'rotated_question']
 
 MMVM_RESULTS_FORMAT = 'mllm_align.eval.mmvm/1'
 CACHE_FORMAT = 'mllm_align.mmvm_predictions/1'
@@ -225,21 +225,7 @@ class MMVMEvaluator(ModelEvaluator):
 
     # ------------------------------------------------------------------ outputs
     def report(self, record: dict[str, Any]) -> Any:
-        from rich.table import Table
-
-        table = Table(title=f'MMVM ({record["num_questions"]} questions, {record["policy"]}'
-                            f'{", circular" if record.get("circular") else ""})')
-        table.add_column('')
-        table.add_column('accuracy', justify='right')
-        table.add_column('n', justify='right')
-        table.add_row('Overall', f'{100 * record["accuracy"]:.1f}', str(record['num_questions']))
-        for t in MATCH_TYPES:
-            acc = record.get(f'acc_{t}')
-            table.add_row(t, '–' if acc is None else f'{100 * acc:.1f}', str(record['per_type_count'][t]))
-        for k, acc in record.get('by_candidates', {}).items():
-            table.add_row(f'candidates {k}', '–' if acc is None else f'{100 * acc:.1f}',
-                          str(record['by_candidates_count'][k]))
-        return table
+        return report_table(record)
 
     def plot(self, records: list[dict[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
         """``mmvm_categories.png`` (per-type accuracy of each checkpoint, grouped bars) and the curve plot."""
@@ -247,6 +233,28 @@ class MMVMEvaluator(ModelEvaluator):
         path = Path(out_dir) / 'mmvm_categories.png'
         plot_categories({Path(r['checkpoint']).name: r for r in records}, path)
         return paths + [path]
+
+
+def report_table(record: dict[str, Any]) -> Any:
+    """A rich table of one MMVM record: Overall, the eight types, the candidate-count buckets (%, n)."""
+    from rich.table import Table
+
+    table = Table(title=f'MMVM ({record["num_questions"]} questions, {record["policy"]}'
+                        f'{", circular" if record.get("circular") else ""})')
+    table.add_column('')
+    table.add_column('accuracy', justify='right')
+    table.add_column('n', justify='right')
+    table.add_row('Overall', f'{100 * record["accuracy"]:.1f}', str(record['num_questions']))
+    for t in MATCH_TYPES:
+        acc = record.get(f'acc_{t}')
+        table.add_row(t, '–' if acc is None else f'{100 * acc:.1f}', str(record['per_type_count'][t]))
+    for k, acc in record.get('by_candidates', {}).items():
+        table.add_row(f'candidates {k}', '–' if acc is None else f'{100 * acc:.1f}',
+                      str(record['by_candidates_count'][k]))
+    if record.get('chance_accuracy') is not None:
+        table.caption = (f'chance (a random option) {100 * record["chance_accuracy"]:.1f} %; answers no option '
+                         f'could be read from: {record.get("unread", 0)}')
+    return table
 
 
 def plot_categories(runs: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> Path:
