@@ -10,12 +10,12 @@ Each case (``seed``-deterministic; byte-identical for the same seed and library 
 
 - ``FRAME00``: a background with the query coin pasted (scale 0.9–1.3), its contour drawn in cyan;
 - ``FRAME01_CAND``: another background with k candidates (k cycles through 2, 3, 4, 6, 8, 10, 12) on a
-  non-overlapping layout, each with its own contour colour and a white numeric ID tag on that colour; IDs
-  1..k in random order over the positions. With probability 0.8 one candidate is the query coin itself,
-  barely changed (rotation ±5°, scale ×0.95–1.05); the others are distractors, each of a kind whose cue the
-  case then tests: another coin (TM: texture/markings), the query coin recoloured (CL), rotated by 60–300°
-  (OO) or rescaled ×0.55 / ×1.7 (SZ). Without the query coin the answer is the last option, "None of the
-  above choices are correct";
+  non-overlapping layout, drawn by :mod:`mllm_align.data.visual_prompts` (each its own contour colour, a
+  white numeric ID on that colour at its centroid; IDs 1..k in random order over the positions). With
+  probability 0.8 one candidate is the query coin itself, barely changed (rotation ±5°, scale ×0.95–1.05);
+  the others are distractors, each of a kind whose cue the case then tests: another coin (TM:
+  texture/markings), the query coin recoloured (CL), rotated by 60–300° (OO) or rescaled ×0.55 / ×1.7 (SZ).
+  Without the query coin the answer is the last option, "None of the above choices are correct";
 - ``*_ORI.jpg`` the same images clean; ``FRAME00.json`` / ``FRAME01_CAND.json`` the masks (COCO RLE, the
   candidates in ID order);
 - a TSV row: the benchmark's question text with options ``A. 1 … `` and the none option, the answer letter,
@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from ..metrics.mmvm import MATCH_TYPES, NONE_OPTION
+from ..data.visual_prompts import assign_ids, draw_candidates, draw_query, options_for_ids
+from ..metrics.mmvm import MATCH_TYPES
 
 __all__ = ['BACKGROUNDS', 'MMVM_QUESTION', 'SKIMAGE_MEMBERS', 'build_mmvm_mini', 'coin_objects']
 
@@ -45,9 +46,6 @@ MMVM_QUESTION = ("Here are two images. In the second image, I have marked severa
                  "matches the contour's color. Could you please tell me which of these marked objects is the same "
                  "as the object marked with a cyan contour in the first image? Please make a choice from the "
                  "following options: \n")
-CYAN = (0, 255, 255)
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 80, 220), (255, 200, 0), (240, 50, 230), (245, 130, 48),
-           (145, 30, 180), (128, 0, 0), (0, 128, 0), (0, 0, 128), (128, 128, 0), (170, 110, 40))
 CANVAS = (448, 336)
 CANDIDATE_COUNTS = (2, 3, 4, 6, 8, 10, 12)
 KINDS = {'TM': 3, 'CL': 1, 'OO': 6, 'SZ': 4}  # distractor kind -> match_type id (1-based in MATCH_TYPES)
@@ -139,24 +137,6 @@ def _paste(canvas: np.ndarray, obj: _Obj, xy: tuple[int, int]) -> np.ndarray:
     return full
 
 
-def _draw_contour(canvas: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], width: int = 3) -> None:
-    from scipy import ndimage as ndi
-    ring = ndi.binary_dilation(mask, iterations=width) & ~mask
-    canvas[ring] = colour
-
-
-def _draw_tag(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int], text: str,
-              font: ImageFont.ImageFont) -> None:
-    ys, xs = np.nonzero(mask)
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    tw, th = right - left + 4, bottom - top + 4
-    x = int(np.clip(xs.min() - 4, 0, image.width - tw))
-    y = int(np.clip(ys.min() - th - 2, 0, image.height - th))
-    draw.rectangle((x, y, x + tw, y + th), fill=colour)
-    draw.text((x + 2 - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
-
-
 def _rle(mask: np.ndarray) -> dict:
     from pycocotools import mask as mask_utils
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -179,7 +159,6 @@ def build_mmvm_mini(members: dict[str, bytes], out_dir: str | Path, num_cases: i
     out_dir = Path(out_dir)
     coins = coin_objects(members['coins.png'])
     backgrounds = [Image.open(io.BytesIO(members[name])) for name in BACKGROUNDS]
-    font = ImageFont.load_default()
     rng = np.random.default_rng(seed)
     rows, per_type = [], {t: 0 for t in MATCH_TYPES}
     answers: dict[str, int] = {}
@@ -198,9 +177,7 @@ def build_mmvm_mini(members: dict[str, bytes], out_dir: str | Path, num_cases: i
         (qx, qy), = _layout([query.mask.shape[::-1]], rng, margin=30)
         qmask = _paste(frame0, query, (qx, qy))
         _save(frame0, case_dir / 'FRAME00_ORI.jpg')
-        drawn0 = frame0.copy()
-        _draw_contour(drawn0, qmask, CYAN)
-        _save(drawn0, case_dir / 'FRAME00.jpg')
+        _save(np.asarray(draw_query(Image.fromarray(frame0), qmask, 'cyan')), case_dir / 'FRAME00.jpg')
         (case_dir / 'FRAME00.json').write_text(json.dumps({'width': CANVAS[0], 'height': CANVAS[1], 'objects': [
             {'id': 0, 'segmentation': _rle(qmask)}]}))
         # FRAME01: candidates
@@ -221,24 +198,18 @@ def build_mmvm_mini(members: dict[str, bytes], out_dir: str | Path, num_cases: i
                 objs.append(_transform(query, angle=float(rng.uniform(60, 300))))
             else:
                 objs.append(_transform(query, scale=float(rng.choice([0.55, 1.7]))))
-        ids = [int(i) + 1 for i in rng.permutation(k)]  # ids[j]: the tag of object j
+        ids = assign_ids(k, rng)  # ids[j]: the tag of object j
         frame1 = _background(backgrounds[b1], rng)
         corners = _layout([o.mask.shape[::-1] for o in objs], rng)
         masks = [_paste(frame1, o, xy) for o, xy in zip(objs, corners)]
         _save(frame1, case_dir / 'FRAME01_ORI.jpg')
-        drawn1 = Image.fromarray(frame1.copy())
-        arr1 = np.asarray(drawn1).copy()
-        for j, m in enumerate(masks):
-            _draw_contour(arr1, m, PALETTE[(ids[j] - 1) % len(PALETTE)])
-        drawn1 = Image.fromarray(arr1)
-        for j, m in enumerate(masks):
-            _draw_tag(drawn1, m, PALETTE[(ids[j] - 1) % len(PALETTE)], str(ids[j]), font)
-        _save(np.asarray(drawn1), case_dir / 'FRAME01_CAND.jpg')
+        _save(np.asarray(draw_candidates(Image.fromarray(frame1), masks, ids, 'cyan')), case_dir / 'FRAME01_CAND.jpg')
         by_id = sorted(range(k), key=lambda j: ids[j])
         (case_dir / 'FRAME01_CAND.json').write_text(json.dumps({'width': CANVAS[0], 'height': CANVAS[1], 'objects': [
             {'id': ids[j], 'segmentation': _rle(masks[j])} for j in by_id]}))
-        letters = [chr(65 + i) for i in range(k + 1)]
-        choices = '\n'.join(f'{letters[i]}. {i + 1}' for i in range(k)) + f'\n{letters[k]}. {NONE_OPTION}'
+        options = options_for_ids(k)
+        letters = list(options)
+        choices = '\n'.join(f'{letter}. {text}' for letter, text in options.items())
         answer = letters[ids[0] - 1] if present else letters[k]
         types = sorted(KINDS[x] for x in kinds)
         for t in types:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics.mmvm import none_letter, parse_choices
+from .visual_prompts import decode_mask
 
 __all__ = ['MMVM_TSV', 'MMVMCase', 'build_prompt', 'case_masks', 'load_mmvm', 'read_case_masks']
 
@@ -166,27 +167,10 @@ def _object_list(doc: Any, path: Path) -> list[dict[str, Any]]:
 
 
 def _decode(seg: Any, height: int, width: int, where: str) -> np.ndarray:
-    if isinstance(seg, dict) and 'counts' in seg:
-        from pycocotools import mask as mask_utils
-        rle = dict(seg)
-        if isinstance(rle['counts'], list):
-            rle = mask_utils.frPyObjects(rle, *rle['size'])
-        elif isinstance(rle['counts'], str):
-            rle['counts'] = rle['counts'].encode()
-        if tuple(rle['size']) != (height, width):
-            raise ValueError(f'{where}: RLE size {rle["size"]} is not the image size {[height, width]}.')
-        return mask_utils.decode(rle).astype(bool)
-    if isinstance(seg, list) and seg and all(isinstance(p, list) and len(p) >= 6 for p in seg):
-        from PIL import Image, ImageDraw
-        canvas = Image.new('L', (width, height), 0)
-        draw = ImageDraw.Draw(canvas)
-        for poly in seg:
-            xs, ys = poly[0::2], poly[1::2]
-            if min(xs) < -0.5 or min(ys) < -0.5 or max(xs) > width + 0.5 or max(ys) > height + 0.5:
-                raise ValueError(f'{where}: a polygon lies outside the {width}×{height} image.')
-            draw.polygon([(float(x), float(y)) for x, y in zip(xs, ys)], fill=1)
-        return np.asarray(canvas, dtype=bool)
-    raise ValueError(f'{where}: segmentation is neither COCO RLE nor a list of polygons.')
+    try:
+        return decode_mask(seg, height, width)
+    except ValueError as err:
+        raise ValueError(f'{where}: {err}') from None
 
 
 def read_case_masks(case_dir: str | os.PathLike, frame: str = 'FRAME01_CAND') -> list[np.ndarray]:
