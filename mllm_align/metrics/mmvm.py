@@ -71,10 +71,10 @@ KIT_API_FAILURE = 'Failed to obtain answer via API'
 _KIT_PUNCTUATION = '.()[],:;!*#{}'
 _JSON_KEYS = ('answer', 'choice', 'option', 'final_answer', 'final answer')
 # "the answer is C", "Answer: (b)", "I choose C", "final answer C": a letter stated as the answer
-_STRONG_CUE = re.compile(r'(?:\b(?:final\s+)?answer\s*(?:is|:|would be|should be|=)?|\b(?:I\s+)?(?:choose|chose|'
-                         r'select(?:ed)?|pick(?:ed)?)|\bcorrect\s+(?:option|choice)\s*(?:is|:)?)'
+_STRONG_CUE = re.compile(r'(?:\b(?:final\s+)?answer\b\s*(?:is\b|:|would be|should be|=)?|\b(?:I\s+)?(?:choose|chose|'
+                         r'select(?:ed)?|pick(?:ed)?)\b|\bcorrect\s+(?:option|choice)\b\s*(?:is\b|:)?)'
                          r'\s*[:\-]?\s*(?:option\s+|choice\s+)?[(\[]?\s*([A-Za-z])(?![A-Za-z0-9\'’])', re.IGNORECASE)
-_WEAK_CUE = re.compile(r'\b(?:option|choice)\s*[(\[]?\s*([A-Za-z])(?![A-Za-z0-9\'’])', re.IGNORECASE)
+_WEAK_CUE = re.compile(r'\b(?:option|choice)\b\s*[(\[]?\s*([A-Za-z])(?![A-Za-z0-9\'’])', re.IGNORECASE)
 _IS_CORRECT = re.compile(r'(?<![A-Za-z0-9\'’-])([A-Z])\s+(?:is|seems|would be)\s+(?:the\s+)?(?:correct|right|answer|'
                          r'best|same|match)')
 

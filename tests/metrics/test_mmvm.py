@@ -54,6 +54,9 @@ CASES = [
     ('I choose D', TEN, 'D', None),  # the kit counts I and D
     ('A is correct', FOUR, 'A', 'A'),
     ('', FOUR, None, None),
+    ('The answers are B and C', TEN, None, None),  # two letters; "answers" is no cue ending in "s"
+    ('Selects D', TEN, 'D', 'D'),
+    ('options B', TEN, 'B', 'B'),
     ('Failed to obtain answer via API', FOUR, None, None),
 ]
 
