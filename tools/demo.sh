@@ -66,8 +66,9 @@ python tools/eval_vqa.py "$DEMO_DIR/sft" --config "$SFT" --untrained --cfg-optio
   --batch-size 16 --show 12 --out "$DEMO_DIR/sft/vqa" --no-progress
 
 step "6/7 MMVM visual matching on the real-photo mini bench after SFT: tools/eval_mmvm.py (a skill the demo never trains)"
-python tools/eval_mmvm.py "$DEMO_DIR/sft" --config "$SFT" --latest --bench data/real/mmvm_mini --limit "$MMVM_LIMIT" \
-  --batch-size 4 --max-new-tokens 16 --out "$DEMO_DIR/sft/mmvm" --no-progress
+python tools/eval_mmvm.py "$DEMO_DIR/sft" --config "$SFT" --cfg-options pretrained_pth="$STAGE1" --latest \
+  --bench data/real/mmvm_mini --limit "$MMVM_LIMIT" --batch-size 4 --max-new-tokens 16 --out "$DEMO_DIR/sft/mmvm" \
+  --no-progress
 
 step "7/7 summary"
 python tools/summarize_demo.py "$DEMO_DIR"
