@@ -31,13 +31,6 @@ __all__ = ['RESULTS_FORMAT', 'caption_pairs_from_config', 'check_hf_dir_matches_
 RESULTS_FORMAT = A_SCORE_RESULTS_FORMAT
 
 
-def _load(config: Any, cfg_options: dict[str, Any] | None):
-    if cfg_options:
-        from .config_overrides import load_config as load_config_with_options
-        return load_config_with_options(config, cfg_options)
-    return load_config(config)
-
-
 def _file_fingerprint(path: Any) -> dict[str, Any]:
     p = Path(str(path))
     if not p.is_file():
@@ -128,7 +121,7 @@ def evaluate_a_score(target: str | os.PathLike | None, config: str | os.PathLike
     """
     if target is None and not (untrained and out_dir is not None):
         raise ValueError('Nothing to score: give a target (work dir or checkpoint), or --untrained with --out.')
-    cfg = _load(config, cfg_options)
+    cfg = load_config(config, cfg_options)
     samples, collate, settings = caption_pairs_from_config(cfg, data=data, image_folder=image_folder,
                                                            num_pairs=num_pairs, seed=seed)
     evaluator = AScoreEvaluator(samples, collate, batch_size=batch_size, settings=settings)

@@ -20,14 +20,19 @@ __all__ = ['build_model_from_config', 'config_sha256', 'default_probe_sources', 
            'image_processor_from_config', 'load_config']
 
 
-def load_config(config: 'str | os.PathLike | Config') -> 'Config':
-    """``config`` itself if it is a loaded ``Config``, else ``Config.fromfile(config)``.
+def load_config(config: 'str | os.PathLike | Config', cfg_options: 'dict[str, Any] | None' = None) -> 'Config':
+    """``config`` itself if it is a loaded ``Config``, else ``Config.fromfile(config)``; with ``cfg_options``
+    (``--cfg-options``), loaded through :func:`~mllm_align.engine.config_overrides.load_config`, so that PART 1
+    overrides reach every value derived from them.
 
     Raises:
         FileNotFoundError: the file does not exist.
     """
     from mmengine.config import Config
 
+    if cfg_options:
+        from .config_overrides import load_config as load_config_with_options
+        return load_config_with_options(config, cfg_options)
     if isinstance(config, Config):
         return config
     if not Path(config).is_file():

@@ -20,11 +20,7 @@ def vision_from_config(config: Any, cfg_options: dict[str, Any] | None = None) -
     """(vision encoder, image processor) of a training config, built without the LLM, in eval mode."""
     from ..models.base import build_module
 
-    if cfg_options:
-        from .config_overrides import load_config as load_config_with_options
-        cfg = load_config_with_options(config, cfg_options)
-    else:
-        cfg = load_config(config)
+    cfg = load_config(config, cfg_options)
     encoder_cfg = (cfg.get('model') or {}).get('visual_encoder')
     if encoder_cfg is None:
         raise KeyError(f'Config {cfg.filename} has no model.visual_encoder: the C score scores a vision '

@@ -92,11 +92,7 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
     kind = refs[0].kind
     if cfg_options and config is None:
         raise ValueError('--cfg-options needs --config.')
-    if cfg_options:
-        from .config_overrides import load_config as load_config_with_options
-        cfg = load_config_with_options(config, cfg_options)
-    else:
-        cfg = load_config(config) if config is not None else None
+    cfg = load_config(config, cfg_options) if config is not None else None
     if cfg is None and kind == 'pth':
         raise ValueError('--config is required to score .pth checkpoints: the frozen base model is rebuilt from '
                          'it and only the trained weights come from the checkpoint.')

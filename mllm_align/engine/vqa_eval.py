@@ -183,11 +183,7 @@ class GenerationSeries:
             raise ValueError('Nothing to score: give a target (work dir, checkpoint, HF directory) or --untrained.')
         if cfg_options and config is None:
             raise ValueError('--cfg-options needs --config.')
-        if cfg_options:
-            from .config_overrides import load_config as load_config_with_options
-            cfg = load_config_with_options(config, cfg_options)
-        else:
-            cfg = load_config(config) if config is not None else None
+        cfg = load_config(config, cfg_options) if config is not None else None
         target_path = resolve_vqa_target(target, checkpoint, latest) if target is not None else None
         kind = discover_checkpoints(target_path, check_complete=False)[0].kind if target_path is not None else 'pth'
         if cfg is None and (kind == 'pth' or untrained):
