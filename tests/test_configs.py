@@ -61,6 +61,15 @@ TWIN_MAY_DIFFER = (
     'default_hooks.checkpoint.max_keep_ckpts', 'custom_hooks.*.every_n_iters', 'custom_hooks.*.interval',
     # the fragments of projects/_base_/tiny_cpu.py that hold the values above
     'tiny_*',
+    # CoLVA: a base inside the model, a vision expert, a mixture of datasets, the stage-1 hand-off
+    'model.base.path', 'model.base.tokenizer.path', 'model.base.image_processor.path', 'model.base.dtype',
+    'model.base.attn_implementation', 'model.base.max_new_tokens', 'model.base.image_processor.min_pixels',
+    'model.base.image_processor.max_pixels', 'model.expert.path', 'model.expert.dtype', 'model.expert.image_size',
+    'model.adapter_pth', 'optim_wrapper.accumulative_counts', '*dataset.data_root', '*dataset.expert_image_size',
+    '*dataset.expert_grid',
+    '*dataset.image_root', '*datasets.*.data_path', '*datasets.*.image_folder', '*datasets.*.image_root',
+    '*datasets.*.tokenizer.path', '*datasets.*.image_processor.*', '*datasets.*.max_length',
+    '*datasets.*.num_image_tokens', '*datasets.*.expert_image_size', '*datasets.*.expert_grid',
 )
 # Dotted keys where a method recipe may differ from the recipe it inherits.
 METHOD_MAY_DIFFER = (
@@ -308,8 +317,10 @@ def test_demo_config_is_a_shipped_recipe_on_small_real_models(demo):
 @pytest.mark.parametrize('recipe', RECIPES)
 def test_twin_runs_on_tiny_local_files_in_fp32(recipe):
     twin = effective(twin_of(recipe), part1=False)
-    paths = {k: v for k, v in twin.items() if k.endswith(('.path', '.data_path', '.image_folder')) and v is not None}
-    assert 'train_dataloader.dataset.data_path' in paths and len(paths) >= 4
+    paths = {k: v for k, v in twin.items()
+             if k.endswith(('.path', '.data_path', '.image_folder', '.data_root', '.image_root')) and v is not None}
+    assert any(k.startswith('train_dataloader.dataset.') and k.endswith(('.data_path', '.data_root')) for k in paths)
+    assert len(paths) >= 4
     assert [f'{k} = {v!r}' for k, v in paths.items() if not str(v).startswith('data/tiny/')] == [], \
         f'{twin_of(recipe)}: paths that are not tiny assets'
     dtypes = {k: v for k, v in twin.items() if k.startswith('model.') and k.endswith('.dtype') or k == 'model.dtype'}
@@ -347,9 +358,15 @@ def test_every_twin_builds_its_model(recipe, tiny_assets, monkeypatch):
 
     monkeypatch.chdir(REPO)  # the tiny paths are relative to the repository root
     cfg = Config.fromfile(twin_of(recipe))
-    if str(cfg.model.get('path', '')).rstrip('/').endswith('qwen2_vl'):  # built on its own, not by tiny_assets
+    base_path = cfg.model.get('path') or cfg.model.get('base', {}).get('path', '')
+    if str(base_path).rstrip('/').endswith('qwen2_vl'):  # built on its own, not by tiny_assets
         from mllm_align.testing.tiny_assets import build_tiny_qwen2_vl
         build_tiny_qwen2_vl(tiny_assets.root)
+    if 'expert' in cfg.model:  # CoLVA: the RADIO stand-in and the drawn data
+        from mllm_align.testing.tiny_colva_data import build_tiny_colva_data
+        from mllm_align.testing.tiny_radio import build_tiny_radio
+        build_tiny_radio(tiny_assets.root)
+        build_tiny_colva_data(tiny_assets.root)
     model = MODELS.build(cfg.model)
     assert list(model.plugins) == list(cfg.model.get('plugins', {}))
     assert any(p.requires_grad for p in model.parameters()), f'{twin_of(recipe)} builds a model with nothing to train'

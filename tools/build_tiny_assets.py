@@ -6,7 +6,8 @@
 Safe to re-run: when ``ROOT/.complete`` matches the builder's version and parameters nothing is
 rebuilt. A build goes to a temporary sibling directory and is renamed into place, so an
 interrupted run never leaves half-written assets. The tiny Qwen2-VL (``ROOT/qwen2_vl``) has its
-own stamp, so building it never rebuilds the rest (``--no-qwen2-vl`` skips it). The work is done by
+own stamp, so building it never rebuilds the rest (``--no-qwen2-vl`` skips it). So does the tiny
+remote-code RADIO stand-in (``ROOT/radio``, CoLVA's vision expert; ``--no-radio`` skips it). The work is done by
 ``mllm_align.testing.tiny_assets.build_tiny_assets`` and ``build_tiny_qwen2_vl``.
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ from mllm_align.testing.tiny_assets import (  # noqa: E402
     build_tiny_qwen2_vl,
     summarize_tiny_assets,
 )
+from mllm_align.testing.tiny_colva_data import build_tiny_colva_data  # noqa: E402
+from mllm_align.testing.tiny_radio import build_tiny_radio  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='upper bound of each trained tokenizer vocabulary (default: 1024)')
     parser.add_argument('--no-qwen2-vl', action='store_true',
                         help='do not build the tiny Qwen2-VL (ROOT/qwen2_vl; the Qwen2-VL tiny configs need it)')
+    parser.add_argument('--no-radio', action='store_true',
+                        help="do not build the tiny remote-code RADIO stand-in (ROOT/radio; CoLVA's expert tests)")
     return parser.parse_args(argv)
 
 
@@ -88,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                                    vocab_size=args.vocab_size)
         if not args.no_qwen2_vl:
             build_tiny_qwen2_vl(root, force=args.force, seed=args.seed, vocab_size=args.vocab_size)
+        radio = None if args.no_radio else build_tiny_radio(root, force=args.force, seed=args.seed)
         spair = build_tiny_spair(root, seed=args.seed)  # the C score's synthetic pairs (law sweep twin)
+        colva = build_tiny_colva_data(root, force=args.force, seed=args.seed)  # CoLVA twins' SA-1B + MMVM SFT
     except (OSError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
@@ -99,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ('pretrain_json', 'sft_json', 'sft_jsonl', 'eval_json', 'image_folder'):
         print(f'{name:<14} {getattr(assets, name)}')
     print(f'{"spair":<14} {spair}')
+    print(f'{"colva":<14} {colva["root"]}')
+    if radio is not None:
+        print(f'{"radio":<14} {radio}')
     return 0
 
 

@@ -26,7 +26,7 @@ mllm_align_demo_extra() {
   local stamp="$VENV/.mllm_align_demo_installed" want
   want="$(sha256sum "$ROOT/requirements-demo.txt" | cut -d' ' -f1)"
   [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
-  echo "[env] installing the demo extra (requirements-demo.txt: gguf, onnx, onnxruntime; first run only)..."
+  echo "[env] installing the demo extra (requirements-demo.txt: gguf, onnx, onnxruntime, tifffile; first run only)..."
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements-demo.txt" \
     && echo "$want" > "$stamp"
 }

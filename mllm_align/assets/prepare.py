@@ -146,6 +146,21 @@ def _convert_mmvm_mini(wheels: dict[str, Path], out_dir: Path, work_dir: Path) -
     return mod.build_mmvm_mini(read_skimage_members(wheels['scikit-image'], mod.SKIMAGE_MEMBERS), out_dir)
 
 
+def _convert_sa1b_mini(wheels: dict[str, Path], out_dir: Path, work_dir: Path) -> Any:
+    mod = _import_converter('mllm_align.assets.sa1b_mini')
+    from .correspondence import read_skimage_members
+    from .wheels import read_member
+    members = read_skimage_members(wheels['scikit-image'], mod.SKIMAGE_MEMBERS)
+    members.update({m: read_member(wheels['stardist'], m) for m in mod.STARDIST_MEMBERS})
+    return mod.build_sa1b_mini(members, out_dir)
+
+
+def _convert_mmvm_sft_mini(wheels: dict[str, Path], out_dir: Path, work_dir: Path) -> Any:
+    mod = _import_converter('mllm_align.assets.mmvm_sft_mini')
+    from .correspondence import read_skimage_members
+    return mod.build_mmvm_sft_mini(read_skimage_members(wheels['scikit-image'], mod.SKIMAGE_MEMBERS), out_dir)
+
+
 def _convert_random_vit(wheels: dict[str, Path], out_dir: Path, work_dir: Path) -> Any:
     """DINOv2-S's architecture and image processor with seeded random weights (the law sweep's random ViT)."""
     import torch
@@ -177,6 +192,12 @@ DEFAULT_STEPS: tuple[Step, ...] = (
          'graffiti + aloe (Debian opencv-doc) + motorcycle (scikit-image) pairs, SPair layout'),
     Step('mmvm_mini', ('scikit-image',), 128 * MiB, _convert_mmvm_mini, _version_of('mllm_align.assets.mmvm_mini'),
          'MMVM mini bench: 28 matching cases built from real photos (scikit-image), released layout'),
+    Step('sa1b_mini', ('scikit-image', 'stardist'), 64 * MiB, _convert_sa1b_mini,
+         _version_of('mllm_align.assets.sa1b_mini'),
+         'SA-1B-format mini set: 16 real images (coins composites, coins.png, stardist nuclei), RLE masks'),
+    Step('mmvm_sft_mini', ('scikit-image',), 64 * MiB, _convert_mmvm_sft_mini,
+         _version_of('mllm_align.assets.mmvm_sft_mini'),
+         'MMVMData-layout SFT mini set: 48 matching records (choice-only + reasoning) from real photos'),
 )
 #: The pseudo-step that fetches and verifies every pinned wheel.
 WHEELS_STEP = 'wheels'

@@ -66,6 +66,12 @@ PINS: dict[str, WheelPin] = {p.name: p for p in (
              'downloaded without building it)',
              ('--only-binary', ':all:', '--platform', 'manylinux_2_17_x86_64', '--python-version', '3.11',
               '--implementation', 'cp', '--abi', 'cp311')),
+    WheelPin('stardist', '0.9.1', 'stardist-0.9.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl',
+             '1f2caf3a071c1ead1b0cbbf9614ff2c82967be1bd22764f097871fb9bbd2718f', 'BSD-3-Clause',
+             'stardist/data/images/img2d.tif + mask2d.tif: a 512² fluorescence image and its 125 nucleus instance '
+             'masks (read with tifffile; the platform wheel is pinned on every host, only its data files are read)',
+             ('--only-binary', ':all:', '--platform', 'manylinux_2_17_x86_64', '--python-version', '3.11',
+              '--implementation', 'cp', '--abi', 'cp311')),
 )}
 
 

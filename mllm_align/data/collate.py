@@ -11,7 +11,7 @@ import torch
 
 from ..constants import IGNORE_INDEX
 
-__all__ = ['llava_collate_fn']
+__all__ = ['colva_collate_fn', 'llava_collate_fn']
 
 
 def llava_collate_fn(instances: Sequence[Mapping[str, Any]], pad_token_id: int = 0,
@@ -97,3 +97,48 @@ def _collate_images(instances: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             raise ValueError(f'`{key}` of the samples in one batch have different trailing shapes {shapes}: '
                              'they must come from one image processor.')
     return out
+
+
+def colva_collate_fn(instances: Sequence[Mapping[str, Any]], pad_token_id: int = 0,
+                     max_length: int | None = None) -> dict[str, Any]:
+    """CoLVA batches: :func:`llava_collate_fn`'s, plus the vision expert's images and the objects' masks.
+
+    Items of ``SA1BPseudoVideoDataset`` / ``MMVMSFTDataset`` carry ``expert_pixel_values [N_e, 3, E, E]`` and
+    ``expert_masks`` (N_e tensors ``[K_j, E, E]``, one per expert image); ``LLaVADataset`` items carry neither and
+    count 0 expert images, so LLaVA and MMVM SFT data mix in one batch.
+
+    Returns:
+        ``llava_collate_fn``'s dict, its ``data`` also holding ``expert_pixel_values`` FloatTensor
+        ``[Σ N_e, 3, E, E]`` (None when no item has one), ``expert_masks`` (list over all expert images in batch
+        order), ``expert_counts`` LongTensor ``[B]`` (N_e per item), and, when some item has them, ``base_masks``
+        (the items' lists concatenated in sample order) and ``instance_ids`` (one LongTensor ``[K]`` per item
+        that has them); ``notices`` are summed as in ``llava_collate_fn``.
+
+    Raises:
+        ValueError: as ``llava_collate_fn``; an item whose ``expert_masks`` count differs from its expert images,
+        or expert images of different sizes in one batch.
+    """
+    batch = llava_collate_fn(instances, pad_token_id, max_length)
+    data = batch['data']
+    pixels, masks, counts = [], [], []
+    for x in instances:
+        pv, xm = x.get('expert_pixel_values'), x.get('expert_masks')
+        n = 0 if pv is None else int(pv.shape[0])
+        if len(xm or []) != n:
+            raise ValueError(f"Sample {x.get('id')!r}: {n} expert image(s) but {len(xm or [])} expert_masks "
+                             'entries; give one [K, E, E] mask tensor per expert image.')
+        if pv is not None:
+            pixels.append(pv)
+            masks.extend(xm)
+        counts.append(n)
+    if len({tuple(p.shape[1:]) for p in pixels}) > 1:
+        raise ValueError(f'expert_pixel_values of one batch have different sizes '
+                         f'{sorted({tuple(p.shape[1:]) for p in pixels})}: use one expert_image_size.')
+    data['expert_pixel_values'] = torch.cat(pixels, dim=0) if pixels else None
+    data['expert_masks'] = masks
+    data['expert_counts'] = torch.tensor(counts, dtype=torch.long)
+    if any(x.get('base_masks') is not None for x in instances):
+        data['base_masks'] = [m for x in instances for m in (x.get('base_masks') or [])]
+    if any(x.get('instance_ids') is not None for x in instances):
+        data['instance_ids'] = [x['instance_ids'] for x in instances if x.get('instance_ids') is not None]
+    return batch

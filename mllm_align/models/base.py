@@ -241,6 +241,12 @@ class MultimodalModel(BaseModel):
         variable patch grids, e.g. ``image_grid_thw``), with the base's own image processor."""
         raise NotImplementedError(f'{type(self).__name__} has no image processor: pass `image_processor=` to it.')
 
+    def image_token_grids(self, image_inputs: Mapping[str, Any]) -> list[tuple[int, int]]:
+        """Optional: ``(rows, cols)`` of each image's feature tokens, so that ``encode_images(...)[i]`` reshapes to
+        ``[rows, cols, D]`` in raster order (CoLVA pools object masks over it). ``image_inputs``: the batch's image
+        entries (``pixel_values``, ``image_grid_thw``, …)."""
+        raise NotImplementedError(f'{type(self).__name__} does not report image-token grids.')
+
     def export_hf(self, out_dir: Any, **kwargs: Any) -> Any:
         """Write a transformers directory that ``from_pretrained`` loads with the same logits."""
         raise NotImplementedError(f'{type(self).__name__} cannot be exported to transformers.')

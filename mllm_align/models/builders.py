@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from transformers import (
@@ -96,12 +96,23 @@ def load_llm(path: str, dtype: DTypeName | torch.dtype = 'float32',
     return model
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False, **kwargs: Any) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local directory; sets ``pad_token`` to ``eos`` when it has none."""
+def load_tokenizer(path: str, trust_remote_code: bool = False, extra_special_tokens: Sequence[str] = (),
+                   **kwargs: Any) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local directory; sets ``pad_token`` to ``eos`` when it has none.
+
+    ``extra_special_tokens`` (e.g. CoLVA's ``<VPT_CONTEXT>``) are added as special tokens when the
+    tokenizer lacks them (appended ids, in the given order); the model resizes its embeddings to
+    ``len(tokenizer)``. The dataset and the model load the same directory with the same list, so both
+    see the same ids.
+    """
     p = check_model_dir(path, 'Tokenizer', 'llm_name_or_path')
     tokenizer = AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in extra_special_tokens if t not in vocab]
+    if missing:
+        tokenizer.add_special_tokens({'additional_special_tokens': missing}, replace_additional_special_tokens=False)
     return tokenizer
 
 

@@ -330,6 +330,23 @@ class Qwen2VLModel(MultimodalModel):
         counts = (grid.prod(-1) // visual.spatial_merge_size ** 2).tolist()
         return list(torch.split(feats.to(embed_dtype), counts))
 
+    def image_token_grids(self, image_inputs: Mapping[str, Any]) -> list[tuple[int, int]]:
+        """``(h / merge, w / merge)`` per image from ``image_grid_thw`` (the merger's raster order; one frame).
+
+        Raises:
+            ValueError: no ``image_grid_thw``, or a video-like grid with t > 1.
+        """
+        grid = image_inputs.get('image_grid_thw')
+        if grid is None:
+            raise ValueError('Qwen2-VL token grids need `image_grid_thw` (from its image processor).')
+        merge = int(self.vlm.config.vision_config.spatial_merge_size)
+        out = []
+        for t, h, w in grid.tolist():
+            if t != 1:
+                raise ValueError(f'image_grid_thw row {[t, h, w]}: t = {t} frames has no single 2-D token grid.')
+            out.append((h // merge, w // merge))
+        return out
+
     # ------------------------------------------------------------------ inputs
     def prepare_inputs(self, data: dict, padding_side: Literal['right', 'left'] = 'right') -> MultimodalInputs:
         """Splice per-image features into the text and compute M-RoPE positions ``[3, B, L]``.

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from mllm_align.align.object_contrastive import object_contrastive_loss
 from mllm_align.models.object_adapter import POOL_EPS, ObjectAdapter, mask_pool, masks_to_grid
+from mllm_align.models.object_contrastive import object_contrastive_loss
 
 
 def test_masks_to_grid_by_hand():
@@ -70,3 +70,14 @@ def test_a_batch_without_a_valid_anchor_is_a_connected_zero():
         object_contrastive_loss([a], [p, p])
     with pytest.raises(ValueError, match='same K and H'):
         object_contrastive_loss([a], [p[:2]])
+
+
+def test_separate_anchor_and_positive_flags_by_hand():
+    # Object 1 vanished on the expert grid (no anchor) but has a view-2 embedding: still a negative of object 0.
+    # Object 2 has no view-2 embedding: neither positive nor negative.
+    a = torch.tensor([[1.0, 0.0], [5.0, 5.0], [0.0, 1.0]])
+    p = torch.tensor([[2.0, 0.0], [1.0, 1.0], [9.0, 9.0]])
+    loss, n = object_contrastive_loss([a], [p], [torch.tensor([True, False, True])],
+                                      positive_valid=[torch.tensor([True, True, False])])
+    # anchor 0 only: a0·p0 = 2, a0·p1 = 1 -> log(1 + e^(1 - 2))
+    assert n == 1 and float(loss) == pytest.approx(math.log(1 + math.exp(-1.0)))

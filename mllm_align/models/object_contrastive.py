@@ -21,20 +21,29 @@ __all__ = ['object_contrastive_loss']
 
 
 def object_contrastive_loss(anchors: Sequence[torch.Tensor], positives: Sequence[torch.Tensor],
-                            valid: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
+                            valid: Sequence[torch.Tensor] | None = None,
+                            positive_valid: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
     """(mean L_k over valid anchors, number of valid anchors) for a batch of images (module docstring).
 
     Args:
         anchors: per image ``[K_i, H]``, the adapter's object embeddings from view 1.
         positives: per image ``[K_i, H]``, the base model's embeddings of the same objects in view 2, same order.
-        valid: per image ``[K_i]`` bool (default: all valid); an invalid object is neither anchor nor negative.
+        valid: per image ``[K_i]`` bool (default: all valid). Without ``positive_valid``: an invalid object is
+            neither anchor nor negative.
+        positive_valid: per image ``[K_i]`` bool, which objects have an embedding in view 2 (as the released
+            code: ``valid`` is then the anchors' own flag; object k is an anchor when both flags hold, and every
+            object with a view-2 embedding is a negative of the other anchors, whatever its anchor flag).
 
     Raises:
         ValueError: lists of different lengths, or an image whose anchors and positives differ in shape.
     """
-    if len(anchors) != len(positives) or (valid is not None and len(valid) != len(anchors)):
-        raise ValueError(f'{len(anchors)} anchor sets, {len(positives)} positive sets'
-                         f'{"" if valid is None else f", {len(valid)} valid masks"}: give one per image.')
+    n = len(anchors)
+    if len(positives) != n or (valid is not None and len(valid) != n) or \
+            (positive_valid is not None and len(positive_valid) != n):
+        raise ValueError(f'{n} anchor sets, {len(positives)} positive sets'
+                         f'{"" if valid is None else f", {len(valid)} valid masks"}'
+                         f'{"" if positive_valid is None else f", {len(positive_valid)} positive masks"}: '
+                         'give one per image.')
     terms = []
     keep_graph = []
     for i, (a, p) in enumerate(zip(anchors, positives)):
@@ -42,12 +51,17 @@ def object_contrastive_loss(anchors: Sequence[torch.Tensor], positives: Sequence
             raise ValueError(f'image {i}: anchors {tuple(a.shape)} and positives {tuple(p.shape)} must both be '
                              '[K, H] with the same K and H.')
         keep_graph += [a.sum() * 0, p.sum() * 0]
-        ok = torch.ones(a.shape[0], dtype=torch.bool, device=a.device) if valid is None else valid[i].bool()
-        if int(ok.sum()) == 0:
+        every = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
+        a_ok = every if valid is None else valid[i].bool()
+        p_ok = a_ok if positive_valid is None else positive_valid[i].bool()
+        anchor_ok = a_ok & p_ok
+        if int(anchor_ok.sum()) == 0:
             continue
-        a, p = a[ok].float(), p[ok].float()
-        logits = a @ p.T  # (K, K): a_k · p_j
-        diff = logits - logits.diagonal()[:, None]  # a_k·p_j − a_k·p_k; the diagonal is 0, as log(1 + …) needs
+        cols = p_ok.nonzero().squeeze(1)  # the objects with a view-2 embedding: positive or negative
+        rows = anchor_ok.nonzero().squeeze(1)
+        logits = a[rows].float() @ p[cols].float().T  # (A, M): a_k · p_j
+        own = (cols[None, :] == rows[:, None])  # (A, M): the positive's column
+        diff = logits - logits[own][:, None]  # a_k·p_j − a_k·p_k; 0 at the positive, as log(1 + …) needs
         terms.append(torch.logsumexp(diff, dim=1))  # logsumexp over [0 (j = k), the negatives]
     zero = torch.stack(keep_graph).sum() if keep_graph else torch.zeros(())
     if not terms:
