@@ -133,7 +133,12 @@ def parent_recipe(config: str) -> str | None:
 
 
 BASES = [r for r in RECIPES if parent_recipe(r) is None]  # written in full (LLaVA-1.5 stages, Qwen2-VL, …)
-METHODS = [r for r in RECIPES if r not in BASES]
+# Recipes that run their parent recipe at another model size (the released CoLVA 7B recipes keep every 2B setting):
+# they change the model directory and the stage-1 hand-off only, and their twins are the parent's twin.
+SIZE_VARIANTS = ['projects/colva/configs/pretrain/qwen2vl_7b_radio_align_pretrain.py',
+                 'projects/colva/configs/finetune/qwen2vl_7b_radio_match_sft.py']
+VARIANT_MAY_DIFFER = ('qwen2_vl_name_or_path', '*.path', 'pretrained_adapter_pth', 'model.adapter_pth')
+METHODS = [r for r in RECIPES if r not in BASES and r not in SIZE_VARIANTS]
 
 
 def base_of(recipe: str) -> str:
@@ -298,6 +303,15 @@ def test_method_recipe_differs_from_what_it_inherits_only_in_its_method(recipe):
     allowed = METHOD_MAY_DIFFER + METHOD_EXTRA.get(recipe, ())
     assert differences(effective(parent), effective(recipe), allowed) == []
     assert base_of(recipe) in BASES
+
+
+@pytest.mark.parametrize('recipe', SIZE_VARIANTS)
+def test_size_variant_changes_only_the_model_directory_and_its_twin_is_the_parents(recipe):
+    parent = parent_recipe(recipe)
+    assert parent in BASES, f'{recipe} must inherit a base recipe; inherits {parent}'
+    assert differences(effective(parent), effective(recipe), VARIANT_MAY_DIFFER) == []
+    assert read_base_imports(twin_of(recipe)) == [(twin_of(parent), ['*'])]
+    assert effective(twin_of(recipe)) == effective(twin_of(parent))
 
 
 @pytest.mark.parametrize('demo', DEMOS)

@@ -1,6 +1,6 @@
 """Data pipeline of the LLaVA-style trainer: chat templates, the lazy LLaVA JSON dataset,
 image preprocessing, collate and the length-grouped sampler."""
-from .collate import llava_collate_fn
+from .collate import colva_collate_fn, llava_collate_fn
 from .image_loading import ImageTooLargeError, UnreadableImageError, load_image, read_image_size, to_rgb
 from .image_processing import background_color, expand2square, process_images
 from .json_index import JsonRecords, MalformedRecordError, index_json_array, index_jsonl
@@ -12,6 +12,8 @@ from .llava_dataset import (
     MissingImageError,
     build_from_cfg,
 )
+from .mmvm_sft import MMVMSFTDataset, load_mmvm_sft
+from .sa1b import SA1BPseudoVideoDataset
 from .samplers import LengthGroupedSampler, length_grouped_indices
 from .templates import (
     TEMPLATES,
@@ -26,7 +28,8 @@ from .templates import (
 )
 
 __all__ = [
-    'llava_collate_fn', 'ImageTooLargeError', 'UnreadableImageError', 'load_image', 'read_image_size',
+    'llava_collate_fn', 'colva_collate_fn', 'MMVMSFTDataset', 'load_mmvm_sft', 'SA1BPseudoVideoDataset',
+    'ImageTooLargeError', 'UnreadableImageError', 'load_image', 'read_image_size',
     'to_rgb', 'background_color', 'expand2square', 'process_images', 'JsonRecords',
     'MalformedRecordError', 'index_json_array', 'index_jsonl', 'BAD_SAMPLE_CAUSES',
     'BadSampleError', 'ConcatDataset', 'LLaVADataset', 'MissingImageError', 'build_from_cfg',

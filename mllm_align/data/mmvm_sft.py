@@ -63,13 +63,13 @@ from mmengine.logging import print_log
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..constants import DEFAULT_IMAGE_TOKEN, VPT_TOKEN
+from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, VPT_TOKEN
 from ..metrics.mmvm import MATCH_TYPES
 from .image_loading import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, UnreadableImageError, load_image
 from .image_processing import has_patch_grid, process_image_inputs
 from .llava_dataset import BadSampleError, MissingImageError, build_from_cfg
 from .sa1b import objects_on_grid
-from .templates import ConversationError, encode_conversation, get_template
+from .templates import ConversationError, build_generation_prompt, encode_conversation, get_template
 from .visual_prompts import (
     MAX_CANDIDATES,
     NAMED_COLOURS,
@@ -81,8 +81,8 @@ from .visual_prompts import (
 )
 
 __all__ = ['CHOICES_INTRO', 'MMVM_SFT_BAD_SAMPLE_CAUSES', 'MMVMSFTDataset', 'MMVMSFTRecord', 'QUESTIONS',
-           'REASONING_PREFIXES', 'REASONING_QUESTION', 'build_conversation', 'load_mmvm_sft', 'object_block',
-           'parse_record', 'record_masks']
+           'REASONING_PREFIXES', 'REASONING_QUESTION', 'build_conversation', 'load_mmvm_sft', 'match_prompt_item',
+           'object_block', 'parse_record', 'record_masks']
 
 #: The question asked (``{colour}``: the query contour's colour name); the first is MMVM's own wording.
 QUESTIONS = (
@@ -284,6 +284,58 @@ def _to_expert(image: Image.Image, size: int) -> torch.Tensor:
 def _mask_to_expert(mask: np.ndarray, size: int) -> np.ndarray:
     im = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(im) > 127
+
+
+def match_prompt_item(images: Sequence[Image.Image], query_mask: np.ndarray, candidate_masks: Sequence[np.ndarray],
+                      tokenizer: Any, template: str, image_processor: Any, expert_image_size: int, *,
+                      colour: str = 'cyan', seed: int = 0, question: int = 0, pad_image_to_square: bool = False,
+                      system: str | None = None, sample_id: str = 'case') -> tuple[dict[str, Any], dict[str, str],
+                                                                                 list[int]]:
+    """One matching case as a generation item, drawn and worded as in training (``MMVMSFTDataset``).
+
+    Args:
+        images: [image 1 (the query's), image 2 (the candidates')], clean.
+        query_mask: ``[H1, W1]`` bool; candidate_masks: K masks ``[H2, W2]`` (K ≤ ``MAX_CANDIDATES``).
+        colour: the query contour's named colour; seed: the candidates' ID permutation; question: index into
+            :data:`QUESTIONS`.
+
+    Returns:
+        ``(item, options, ids)``: the item (``input_ids`` ending with an open assistant turn, ``labels`` all
+        ignored, the base's image entries of the drawn images, ``expert_pixel_values [2, 3, E, E]``,
+        ``expert_masks``), the options ``{letter: text}`` and ``ids[j]``, the tag drawn on candidate j (option
+        letter ``i`` names ID ``i + 1``).
+
+    Raises:
+        ValueError: not two images, no candidates or more than ``MAX_CANDIDATES``, a mask of the wrong size or
+            empty (named).
+    """
+    if len(images) != 2:
+        raise ValueError(f'a matching case has 2 images (query, candidates), got {len(images)}.')
+    K = len(candidate_masks)
+    if not 1 <= K <= MAX_CANDIDATES:
+        raise ValueError(f'{K} candidates: give 1 to {MAX_CANDIDATES} (one option letter each).')
+    query = np.asarray(query_mask, dtype=bool)
+    cands = [np.asarray(m, dtype=bool) for m in candidate_masks]
+    for what, m, im in [('query mask', query, images[0])] + [(f'candidate {j}', m, images[1])
+                                                             for j, m in enumerate(cands)]:
+        if m.shape != (im.height, im.width):
+            raise ValueError(f'{what}: {m.shape[1]}×{m.shape[0]} mask for a {im.width}×{im.height} image.')
+        if not m.any():
+            raise ValueError(f'{what}: the mask is empty.')
+    ids = assign_ids(K, np.random.default_rng(seed))
+    order = sorted(range(K), key=lambda j: ids[j])
+    turns = build_conversation(colour, K, 'A', question)[:1]
+    input_ids = build_generation_prompt(turns, tokenizer, template, system=system, sample_id=sample_id)
+    drawn = [draw_query(images[0], query, colour), draw_candidates(images[1], cands, ids, query_colour=colour)]
+    E = expert_image_size
+    item = {'id': sample_id,
+            'input_ids': torch.tensor(input_ids, dtype=torch.long),
+            'labels': torch.full((len(input_ids),), IGNORE_INDEX, dtype=torch.long),
+            **process_image_inputs(drawn, image_processor, pad_image_to_square),
+            'expert_pixel_values': torch.stack([_to_expert(im, E) for im in images]),
+            'expert_masks': [torch.from_numpy(_mask_to_expert(query, E)[None]),
+                             torch.from_numpy(np.stack([_mask_to_expert(cands[j], E) for j in order]))]}
+    return item, options_for_ids(K), ids
 
 
 class MMVMSFTDataset(Dataset):

@@ -225,13 +225,16 @@ class SA1BPseudoVideoDataset(Dataset):
         index_file: optional list of images (module docstring); default: sorted ``sa_*.jpg`` of ``data_root``.
         on_bad_sample: ``'raise'`` or ``'skip'`` (count, log once per cause, return the next image's item).
         max_image_pixels: largest image decoded (``load_image``'s guard).
+        directions: ``'both'`` (the released code: view 1 → expert with view 2 → base, and view 2 → expert with
+            view 1 → base; V = 2 image pairs per item, objects kept when they survive in all four) or ``'one'``
+            (view 1 → expert, view 2 → base; V = 1). The model pairs expert image j with base image j.
 
     Item (K objects, the same order and ids in both views)::
 
         {'id': str, 'input_ids': LongTensor [0], 'labels': LongTensor [0],
-         'pixel_values': view 2 through the processor (+ 'image_grid_thw' [1, 3] for patch grids),
-         'expert_pixel_values': FloatTensor [1, 3, E, E] in [0, 1] (view 1),
-         'expert_masks': [BoolTensor [K, E, E]], 'base_masks': [BoolTensor [K, F, F]],
+         'pixel_values': [view 2, view 1] through the processor (+ 'image_grid_thw' [V, 3] for patch grids),
+         'expert_pixel_values': FloatTensor [V, 3, E, E] in [0, 1] ([view 1, view 2]),
+         'expert_masks': V × BoolTensor [K, E, E], 'base_masks': V × BoolTensor [K, F, F],
          'instance_ids': LongTensor [K], 'notices': {'objects_dropped_small': n, 'objects_over_max': m}}
 
     Raises:
@@ -245,9 +248,13 @@ class SA1BPseudoVideoDataset(Dataset):
                  view_sampling: Literal['clip', 'independent'] = 'clip',
                  index_file: str | os.PathLike | None = None,
                  on_bad_sample: Literal['raise', 'skip'] = 'raise',
-                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 directions: Literal['both', 'one'] = 'both') -> None:
         if on_bad_sample not in ('raise', 'skip'):
             raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}.")
+        if directions not in ('both', 'one'):
+            raise ValueError(f"directions must be 'both' or 'one', got {directions!r}.")
+        self.directions = directions
         if view_sampling not in ('clip', 'independent'):
             raise ValueError(f"view_sampling must be 'clip' or 'independent', got {view_sampling!r}.")
         if expert_image_size < 1 or expert_grid < 1 or max_objects < 2 or min_object_pixels < 1:
@@ -414,9 +421,15 @@ class SA1BPseudoVideoDataset(Dataset):
         view2, masks2 = apply_view(image, masks, p2)
         expert_img = view1.resize((E, E), Image.Resampling.BILINEAR)
         expert_masks = _resize_masks(masks1, E)
+        both = self.directions == 'both'
+        if both:
+            expert_img2 = view2.resize((E, E), Image.Resampling.BILINEAR)
+            expert_masks2 = _resize_masks(masks2, E)
         keep = np.zeros(len(ids), bool)
         if len(ids):
             keep = self._surviving(expert_masks) & self._surviving(masks2)
+            if both:
+                keep &= self._surviving(expert_masks2) & self._surviving(masks1)
         small = int(len(ids) - keep.sum())
         kept = np.flatnonzero(keep)
         over = max(0, len(kept) - self.max_objects)
@@ -430,14 +443,21 @@ class SA1BPseudoVideoDataset(Dataset):
                             f'mask_threshold={self.mask_threshold})')
         self.notice_counts['objects_dropped_small'] += small
         self.notice_counts['objects_over_max'] += over
-        arr = np.asarray(expert_img, dtype=np.float32) / 255.0  # (E, E, 3)
+        expert_imgs, base_imgs = [expert_img], [view2]
+        e_masks, b_masks = [expert_masks[kept]], [masks2[kept]]
+        if both:  # the other direction: the expert sees view 2, the base view 1
+            expert_imgs.append(expert_img2)
+            base_imgs.append(view1)
+            e_masks.append(expert_masks2[kept])
+            b_masks.append(masks1[kept])
+        arr = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in expert_imgs])  # (V, E, E, 3)
         item = {'id': path.stem,
                 'input_ids': torch.zeros(0, dtype=torch.long),
                 'labels': torch.zeros(0, dtype=torch.long),
-                **process_image_inputs([view2], self.image_processor, pad_to_square=False),
-                'expert_pixel_values': torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous(),  # (1, 3, E, E)
-                'expert_masks': [torch.from_numpy(expert_masks[kept])],  # (K, E, E)
-                'base_masks': [torch.from_numpy(masks2[kept])],  # (K, F, F)
+                **process_image_inputs(base_imgs, self.image_processor, pad_to_square=False),
+                'expert_pixel_values': torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(),  # (V, 3, E, E)
+                'expert_masks': [torch.from_numpy(m) for m in e_masks],  # V × (K, E, E)
+                'base_masks': [torch.from_numpy(m) for m in b_masks],  # V × (K, F, F)
                 'instance_ids': torch.tensor([ids[k] for k in kept], dtype=torch.long),
                 'notices': {'objects_dropped_small': small, 'objects_over_max': over}}
         return item

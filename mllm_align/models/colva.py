@@ -330,6 +330,39 @@ class CoLVAModel(MultimodalModel):
         inputs_embeds = inputs.inputs_embeds.index_put((b_idx, t_idx), rows)
         return replace(inputs, inputs_embeds=inputs_embeds)
 
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_match(self, images: Sequence[Any], query_mask: Any, candidate_masks: Sequence[Any], *,
+                      colour: str = 'cyan', seed: int = 0, question: int = 0) -> dict[str, Any]:
+        """Answer one matching case: which candidate in image 2 is the query object of image 1.
+
+        The case is drawn and worded as in SFT (:func:`~mllm_align.data.mmvm_sft.match_prompt_item`: query contour
+        in ``colour``, candidates tagged with a seeded ID permutation, options over the sorted IDs + "None of the
+        above"); the model answers greedily and the letter is read with the MMVM benchmark's strict extraction.
+
+        Returns:
+            ``{'prediction': text, 'choice': letter or None, 'candidate': index into candidate_masks, or None for
+            "none of them" / no readable choice, 'options': {letter: text}, 'ids': tag drawn on each candidate}``.
+        """
+        from ..data.collate import colva_collate_fn
+        from ..data.mmvm_sft import match_prompt_item
+        from ..metrics.mmvm import extract_choice
+
+        processor = getattr(self.base, 'image_processor', None)
+        if processor is None:
+            raise ValueError(f'{type(self.base).__name__} has no image_processor to draw the case for.')
+        item, options, ids = match_prompt_item(
+            list(images), query_mask, candidate_masks, self.tokenizer, self.template, processor,
+            int(self.expert.image_size), colour=colour, seed=seed, question=question)
+        data = colva_collate_fn([item], pad_token_id=self.pad_token_id)['data']
+        data = self.data_preprocessor(dict(data=data), False)['data'] if self.data_preprocessor else data
+        text = self.predict(data)[0]['prediction']
+        letter = extract_choice(text, options)
+        candidate = None
+        if letter is not None and letter != list(options)[-1]:
+            candidate = ids.index(list(options).index(letter) + 1)
+        return {'prediction': text, 'choice': letter, 'candidate': candidate, 'options': options, 'ids': ids}
+
     # ------------------------------------------------------------------ losses
     def compute_loss(self, data: dict) -> dict[str, torch.Tensor]:
         """SFT: the base's next-token loss on object-token inputs (+ plug-in terms). Pre-training:

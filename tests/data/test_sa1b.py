@@ -85,12 +85,19 @@ def test_item_contract(sa_root):
     assert item['input_ids'].shape == (0,) and item['input_ids'].dtype == torch.long
     assert item['labels'].shape == (0,) and item['labels'].dtype == torch.long
     ev = item['expert_pixel_values']
-    assert ev.shape == (1, 3, 64, 64) and ev.dtype == torch.float32 and 0 <= ev.min() and ev.max() <= 1
-    (em,), (bm,) = item['expert_masks'], item['base_masks']
+    assert ev.shape == (2, 3, 64, 64) and ev.dtype == torch.float32 and 0 <= ev.min() and ev.max() <= 1
     K = len(item['instance_ids'])
-    assert em.dtype == bm.dtype == torch.bool and em.shape == (K, 64, 64)
-    assert bm.shape == (K, 64, 64) == (K, *item['pixel_values'].shape[-2:])  # the view-2 image's size
+    assert len(item['expert_masks']) == len(item['base_masks']) == 2 == item['pixel_values'].shape[0]
+    for em, bm in zip(item['expert_masks'], item['base_masks']):
+        assert em.dtype == bm.dtype == torch.bool and em.shape == (K, 64, 64)
+        assert bm.shape == (K, 64, 64) == (K, *item['pixel_values'].shape[-2:])  # the base image's size
+    # both directions: expert [view 1, view 2] pairs with base [view 2, view 1]
+    assert torch.equal(item['expert_masks'][0], item['base_masks'][1])
+    assert torch.equal(item['expert_masks'][1], item['base_masks'][0])
     assert item['instance_ids'].dtype == torch.long
+    one = make(sa_root, directions='one')[0]
+    assert one['expert_pixel_values'].shape == (1, 3, 64, 64) and len(one['expert_masks']) == 1
+    assert len(one['instance_ids']) >= K  # fewer views to survive: at least as many objects
     assert set(item['notices']) == {'objects_dropped_small', 'objects_over_max'}
 
 
@@ -206,13 +213,13 @@ def test_real_tiny_processors_and_collate(sa_root, tiny_assets, proc):
     ds = make(sa_root, image_processor=processor)
     items = [ds[0], ds[1]]
     if proc == 'qwen2_vl':
-        assert items[0]['image_grid_thw'].shape == (1, 3)
+        assert items[0]['image_grid_thw'].shape == (2, 3)
     else:
-        assert items[0]['pixel_values'].shape == (1, 3, 32, 32)
+        assert items[0]['pixel_values'].shape == (2, 3, 32, 32)
     data = colva_collate_fn(items)['data']
-    assert data['expert_pixel_values'].shape == (2, 3, 64, 64)
-    assert data['expert_counts'].tolist() == [1, 1] and len(data['expert_masks']) == 2
-    assert len(data['base_masks']) == 2 and len(data['instance_ids']) == 2
+    assert data['expert_pixel_values'].shape == (4, 3, 64, 64)
+    assert data['expert_counts'].tolist() == [2, 2] and len(data['expert_masks']) == 4
+    assert len(data['base_masks']) == 4 and len(data['instance_ids']) == 2
     assert data['notices']['objects_dropped_small'] == sum(x['notices']['objects_dropped_small'] for x in items)
     assert data['input_ids'].shape == (2, 0)
 

@@ -228,3 +228,26 @@ def test_adapter_hand_off_and_export_round_trip(qwen_dir, radio_dir, sft_model, 
         want = model(data, mode='tensor')
         got = loaded(data, mode='tensor')
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_match_reads_the_answer_and_maps_it_to_a_candidate(sft_model, monkeypatch):
+    images = [_photo(5), _photo(6, (40, 24))]
+    query = np.zeros((32, 32), bool)
+    query[4:28, 4:28] = True
+    cands = [np.zeros((24, 40), bool) for _ in range(3)]
+    cands[0][2:20, 2:12] = True
+    cands[1][2:20, 14:26] = True
+    cands[2][2:20, 28:38] = True
+    out = sft_model.predict_match(images, query, cands, seed=3)
+    assert set(out) == {'prediction', 'choice', 'candidate', 'options', 'ids'}
+    assert sorted(out['ids']) == [1, 2, 3] and list(out['options']) == ['A', 'B', 'C', 'D']
+    # a model that answers "B" chose ID 2: the candidate drawn with tag 2
+    monkeypatch.setattr(type(sft_model), 'predict', lambda self, data: [{'prediction': 'B', 'token_ids': []}])
+    out = sft_model.predict_match(images, query, cands, seed=3)
+    assert out['choice'] == 'B' and out['ids'][out['candidate']] == 2
+    monkeypatch.setattr(type(sft_model), 'predict', lambda self, data: [{'prediction': 'D', 'token_ids': []}])
+    assert sft_model.predict_match(images, query, cands, seed=3)['candidate'] is None
+    with pytest.raises(ValueError, match='candidate 1: the mask is empty'):
+        sft_model.predict_match(images, query, [cands[0], np.zeros((24, 40), bool)])
+    with pytest.raises(ValueError, match='query mask: 30×30 mask for a 32×32 image'):
+        sft_model.predict_match(images, query[:30, :30], cands)
