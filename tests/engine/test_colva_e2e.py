@@ -76,3 +76,22 @@ def test_pretrain_then_sft_kill_resume_and_export(colva_assets, tmp_path, monkey
         torch.testing.assert_close(loaded(batch, mode='tensor'), model(batch, mode='tensor'), rtol=1e-5, atol=1e-5)
         pred = loaded(batch, mode='predict')
     assert len(pred) == 2 and all(isinstance(p['prediction'], str) for p in pred)
+
+
+@pytest.mark.slow
+def test_zero3_pretrain_then_sft_from_its_sharded_checkpoint(colva_assets, tmp_path):
+    pytest.importorskip('deepspeed')
+    from mllm_align.engine.checkpoint import load_checkpoint_file
+
+    pre, sft = tmp_path / 'pre', tmp_path / 'sft'
+    code, out = run(train_command(pre, 2, 2, 2, '--deepspeed', 'deepspeed_zero3', config=PRETRAIN),
+                    tmp_path / 'pre.log', run_env())
+    assert code == 0, out[-4000:]
+    assert (pre / 'iter_2.pth').is_dir()  # a DeepSpeed checkpoint: a directory of shards
+    code, out = run(train_command(sft, 2, 2, 2, '--deepspeed', 'deepspeed_zero3', config=SFT,
+                                  cfg_options=(f'pretrained_adapter_pth={pre / "iter_2.pth"}',)),
+                    tmp_path / 'sft.log', run_env())
+    assert code == 0, out[-4000:]
+    assert 'Loaded the object adapter' in out
+    adapter = {k: v for k, v in load_checkpoint_file(pre / 'iter_2.pth')['state_dict'].items()}
+    assert adapter and all(k.startswith('adapter.') for k in adapter)
