@@ -135,7 +135,8 @@ def main() -> None:
         results = run_variants(__file__, list(VARIANTS), {'base-dir': tmp}, args.threads)
     print_report(results, 'base_vision', args.threads)
     forwards = results['base_vision']['step_s'] + results['expert']['step_s']
-    print(f'\npretrain step / (base vision forward + expert forward) = {results["pretrain"]["step_s"] / forwards:.2f}x; '
+    ratio = results['pretrain']['step_s'] / forwards
+    print(f'\npretrain step / (base vision forward + expert forward) = {ratio:.2f}x; '
           f'SFT peak memory with checkpointing / without = '
           f'{results["sft_gc"]["peak_mib"] / results["sft"]["peak_mib"]:.2f}x')
 
