@@ -66,7 +66,7 @@ TWIN_MAY_DIFFER = (
     'model.base.attn_implementation', 'model.base.max_new_tokens', 'model.base.image_processor.min_pixels',
     'model.base.image_processor.max_pixels', 'model.expert.path', 'model.expert.dtype', 'model.expert.image_size',
     'model.adapter_pth', 'optim_wrapper.accumulative_counts', '*dataset.data_root', '*dataset.expert_image_size',
-    '*dataset.expert_grid',
+    '*dataset.expert_grid', 'model.base.max_num_tiles', '*image_processor.max_num_tiles',
     '*dataset.image_root', '*datasets.*.data_path', '*datasets.*.image_folder', '*datasets.*.image_root',
     '*datasets.*.tokenizer.path', '*datasets.*.image_processor.*', '*datasets.*.max_length',
     '*datasets.*.num_image_tokens', '*datasets.*.expert_image_size', '*datasets.*.expert_grid',
@@ -376,6 +376,9 @@ def test_every_twin_builds_its_model(recipe, tiny_assets, monkeypatch):
     if str(base_path).rstrip('/').endswith('qwen2_vl'):  # built on its own, not by tiny_assets
         from mllm_align.testing.tiny_assets import build_tiny_qwen2_vl
         build_tiny_qwen2_vl(tiny_assets.root)
+    if str(base_path).rstrip('/').endswith('internvl2_remote'):
+        from mllm_align.testing.tiny_internvl import build_tiny_internvl
+        build_tiny_internvl(tiny_assets.root)
     if 'expert' in cfg.model:  # CoLVA: the RADIO stand-in and the drawn data
         from mllm_align.testing.tiny_colva_data import build_tiny_colva_data
         from mllm_align.testing.tiny_radio import build_tiny_radio

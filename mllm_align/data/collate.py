@@ -72,8 +72,9 @@ def llava_collate_fn(instances: Sequence[Mapping[str, Any]], pad_token_id: int =
     return {'data': data, 'data_samples': None}
 
 
-#: Per-image entries concatenated along dim 0 in sample order (``image_grid_thw``: Qwen2-VL's patch grids).
-IMAGE_KEYS = ('pixel_values', 'image_grid_thw')
+#: Per-image entries concatenated along dim 0 in sample order (``image_grid_thw``: Qwen2-VL's patch grids;
+#: ``num_tiles``: InternVL's tiles per image).
+IMAGE_KEYS = ('pixel_values', 'image_grid_thw', 'num_tiles')
 
 
 def _collate_images(instances: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from PIL import Image
 from .image_loading import WHITE, to_rgb
 
 __all__ = ['expand2square', 'background_color', 'resolve_background', 'process_images', 'process_image_inputs',
-           'has_patch_grid']
+           'has_patch_grid', 'has_token_counts', 'image_token_counts']
 
 AlphaBackground = Literal['white', 'mean'] | tuple[int, int, int]
 
@@ -83,6 +83,23 @@ def has_patch_grid(image_processor: Any) -> bool:
                                                                 or ())
 
 
+def has_token_counts(image_processor: Any) -> bool:
+    """Whether ``image_processor`` decides each image's LLM token count itself: a patch grid
+    (:func:`has_patch_grid`) or a processor with ``image_token_counts(image_inputs)`` (InternVL's tiles,
+    :class:`~mllm_align.data.internvl_tiles.InternVLTileProcessor`, which returns several entries)."""
+    return has_patch_grid(image_processor) or callable(getattr(image_processor, 'image_token_counts', None))
+
+
+def image_token_counts(image_processor: Any, image_inputs: dict[str, Any]) -> list[int] | None:
+    """LLM positions each processed image takes (:func:`has_token_counts` processors), else None (a fixed
+    ``num_image_tokens``). Patch grids: ``t·h·w / merge²``; others: their own ``image_token_counts``."""
+    if has_patch_grid(image_processor):
+        merge = int(getattr(image_processor, 'merge_size', 1))
+        return (image_inputs['image_grid_thw'].prod(-1) // merge ** 2).tolist()
+    counter = getattr(image_processor, 'image_token_counts', None)
+    return list(counter(image_inputs)) if callable(counter) else None
+
+
 def _prepare(images: Sequence[Image.Image], image_processor: Any, pad_to_square: bool,
              alpha_background: AlphaBackground) -> list[Image.Image]:
     if len(images) == 0:
@@ -109,9 +126,15 @@ def process_image_inputs(images: Sequence[Image.Image], image_processor: Any, pa
     'image_grid_thw': [N, 3]}`` with S = Σ t·h·w (patches of image i are rows
     ``Σ_{j<i} t_j·h_j·w_j`` onward).
 
-    Args and Raises: as :func:`process_images` (``pad_to_square`` is usually False for patch grids:
-    they take any aspect ratio).
+    Processors with their own token counts (:func:`has_token_counts`, e.g. InternVL's tiles): every entry
+    they return (``{'pixel_values': [ΣT_i, 3, S, S], 'num_tiles': [N]}``).
+
+    Args and Raises: as :func:`process_images` (``pad_to_square`` is usually False for patch grids and
+    tiles: they take any aspect ratio).
     """
+    if has_token_counts(image_processor) and not has_patch_grid(image_processor):
+        prepared = _prepare(images, image_processor, pad_to_square, alpha_background)
+        return {k: torch.as_tensor(v) for k, v in dict(image_processor(prepared)).items()}
     if not has_patch_grid(image_processor):
         return {'pixel_values': process_images(images, image_processor, pad_to_square, alpha_background)}
     prepared = _prepare(images, image_processor, pad_to_square, alpha_background)

@@ -69,7 +69,7 @@ from torch.utils.data import Dataset
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .image_loading import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, UnreadableImageError, load_image
-from .image_processing import has_patch_grid, process_image_inputs, resolve_background
+from .image_processing import has_token_counts, image_token_counts, process_image_inputs, resolve_background
 from .json_index import JsonRecords, MalformedRecordError
 from .templates import ConversationError, encode_conversation, get_template, normalize_conversation
 
@@ -437,10 +437,9 @@ class LLaVADataset(Dataset):
         num_ids = len(input_ids)
         image_inputs: dict[str, Any] = {'pixel_values': None}
         tokens_per_image = None
-        if images and has_patch_grid(self.image_processor):  # token counts depend on each image's size
+        if images and has_token_counts(self.image_processor):  # counts depend on each image (grid, tiles)
             image_inputs = self._process_images(images, bad)
-            merge = int(getattr(self.image_processor, 'merge_size', 1))
-            tokens_per_image = (image_inputs['image_grid_thw'].prod(-1) // merge ** 2).tolist()
+            tokens_per_image = image_token_counts(self.image_processor, image_inputs)
         input_ids, labels = self._truncate(input_ids, labels, bad, tokens_per_image)
         if images and tokens_per_image is None:
             image_inputs = self._process_images(images, bad)

@@ -269,8 +269,7 @@ class CoLVAModel(MultimodalModel):
         grid, τ = ``base_mask_threshold``) and ``valid``; ``data['base_masks'][j]``: ``[K_j, h, w]``."""
         image_inputs = {k: data[k] for k in _BASE_IMAGE_KEYS if data.get(k) is not None}
         features = self.base.encode_images(data['pixel_values'], **image_inputs)  # per image (P_j, D)
-        grids = self.base.image_token_grids(image_inputs) if image_inputs else \
-            self.base.image_token_grids({'pixel_values': data['pixel_values']})
+        grids = self.base.image_token_grids({'pixel_values': data['pixel_values'], **image_inputs})
         masks_list = data['base_masks']
         if not (len(features) == len(grids) == len(masks_list)):
             raise ValueError(f'{len(features)} base images, {len(grids)} token grids, {len(masks_list)} mask sets: '

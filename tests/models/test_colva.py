@@ -68,7 +68,7 @@ def _sft_item(model: CoLVAModel, k: int, num_candidates: int, E: int) -> dict:
              + ', '.join(f'<object-{i + 1}>{VPT_TOKEN}' for i in range(num_candidates)))
     turns = [{'from': 'human', 'value': '<image>\n<image>\n' + block + '\nWhich object matches?'},
              {'from': 'gpt', 'value': 'B'}]
-    ids, labels = encode_conversation(turns, model.tokenizer, 'qwen2_vl')
+    ids, labels = encode_conversation(turns, model.tokenizer, model.template)
     images = [_photo(10 * k), _photo(10 * k + 1, (40, 24))]
     query = _disk(E, 20 + k, 24, 12)[None]
     cands = torch.stack([_disk(E, 16 + 12 * i, 40 - 6 * i, 10) for i in range(num_candidates)])
@@ -95,8 +95,21 @@ def _pooled_by_hand(model: CoLVAModel, pixels: torch.Tensor, masks: torch.Tensor
     return (w[..., None] * adapted[None]).sum((1, 2)) / (w.sum((1, 2))[:, None] + 1e-4)
 
 
-def test_vpt_rows_hold_the_pooled_embeddings_and_nothing_else_moves(sft_model):
-    model = sft_model
+@pytest.fixture(scope='module')
+def internvl_sft_model(tiny_assets, radio_dir) -> CoLVAModel:
+    from mllm_align.models.internvl import InternVLModel
+    from mllm_align.testing.tiny_internvl import build_tiny_internvl2_remote
+    path = build_tiny_internvl2_remote(tiny_assets.root)
+    torch.manual_seed(0)
+    tokenizer = dict(type=load_tokenizer, path=str(path), extra_special_tokens=[VPT_TOKEN])
+    base = dict(type=InternVLModel, path=str(path), trust_remote_code=True, tokenizer=tokenizer, template='phi3',
+                max_num_tiles=1)
+    return CoLVAModel(base=base, expert=_expert_cfg(radio_dir), stage='sft').eval()
+
+
+@pytest.mark.parametrize('which', ['qwen2_vl', 'internvl2'])
+def test_vpt_rows_hold_the_pooled_embeddings_and_nothing_else_moves(which, request):
+    model = request.getfixturevalue('sft_model' if which == 'qwen2_vl' else 'internvl_sft_model')
     data = _sft_batch(model)
     with torch.no_grad():
         plain = model.base.prepare_inputs(data)
