@@ -15,6 +15,8 @@ What a base provides (subclasses implement the first group; the rest is here):
   attention mask, position ids (opaque ``[..., B, L]``: ``[B, L]`` for 1-D RoPE, ``[3, B, L]`` for
   M-RoPE), ``image_mask [B, L]``, the spliced ids.
 * ``llm_forward(inputs, **kwargs)``: one LLM pass (``.logits``, ``.hidden_states``); ``generate_ids``.
+* Optional: ``process_images`` (the base's own processor), ``image_token_grids(image_inputs)`` (each image's
+  token grid, for mask pooling), ``export_hf``.
 * Here: :meth:`get_image_features` (encoder + plug-in transforms), :meth:`run_llm` (plug-ins notified
   before every pass), ``input_embeddings`` / ``output_head`` / ``decoder_layers``, tokenizer and chat
   template, the plug-in container, :meth:`compute_loss`, :meth:`predict`, the trainable-only
@@ -242,10 +244,11 @@ class MultimodalModel(BaseModel):
         raise NotImplementedError(f'{type(self).__name__} has no image processor: pass `image_processor=` to it.')
 
     def image_token_grids(self, image_inputs: Mapping[str, Any]) -> list[tuple[int, int]]:
-        """Optional: ``(rows, cols)`` of each image's feature tokens, so that ``encode_images(...)[i]`` reshapes to
-        ``[rows, cols, D]`` in raster order (CoLVA pools object masks over it). ``image_inputs``: the batch's image
-        entries (``pixel_values``, ``image_grid_thw``, …)."""
-        raise NotImplementedError(f'{type(self).__name__} does not report image-token grids.')
+        """Optional: each image's LLM-token grid ``(rows, columns)``, one per image of ``image_inputs`` (the
+        entries :meth:`process_images` returns), such that image i's P_i = rows·columns feature rows are that grid
+        in row-major order. What pools masks over image tokens (CoLVA's object features) needs; bases whose
+        tokens are not one grid per image (several tiles, video frames) raise a ``ValueError`` saying so."""
+        raise NotImplementedError(f'{type(self).__name__} does not report image token grids (image_token_grids).')
 
     def export_hf(self, out_dir: Any, **kwargs: Any) -> Any:
         """Write a transformers directory that ``from_pretrained`` loads with the same logits."""

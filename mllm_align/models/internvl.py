@@ -199,7 +199,8 @@ class InternVLModel(MultimodalModel):
             check_attn_implementation(attn_implementation)
             self.vlm = AutoModel.from_pretrained(str(directory), trust_remote_code=True, dtype=resolve_dtype(dtype),
                                                  use_flash_attn=attn_implementation == 'flash_attention_2', **weights)
-            missing = [a for a in ('vision_model', 'mlp1', 'language_model', 'extract_feature') if not hasattr(self.vlm, a)]
+            interface = ('vision_model', 'mlp1', 'language_model', 'extract_feature')
+            missing = [a for a in interface if not hasattr(self.vlm, a)]
             if missing:
                 raise ValueError(f'The remote code of {str(directory)!r} built a {type(self.vlm).__name__} without '
                                  f"{missing}: it is not InternVL's InternVLChatModel interface.")
@@ -209,7 +210,7 @@ class InternVLModel(MultimodalModel):
             self.vlm = InternVLForConditionalGeneration.from_pretrained(
                 str(directory), dtype=resolve_dtype(dtype),
                 attn_implementation=check_attn_implementation(attn_implementation), **weights)
-        self._image_token_ids()  # fail now on a tokenizer without them
+        self._token_ids = self._image_token_ids()  # fails now on a tokenizer without them
         if self.format == 'remote':
             self.vlm.img_context_token_id = self.img_context_token_id  # what its own forward substitutes
         self.image_processor = InternVLTileProcessor.from_pretrained(
@@ -287,16 +288,16 @@ class InternVLModel(MultimodalModel):
 
     @property
     def img_start_token_id(self) -> int:
-        return self._image_token_ids()[0]
+        return self._token_ids[0]
 
     @property
     def img_end_token_id(self) -> int:
-        return self._image_token_ids()[1]
+        return self._token_ids[1]
 
     @property
     def img_context_token_id(self) -> int:
         """``<IMG_CONTEXT>``: what InternVL's processor repeats P·T_i times per image."""
-        return self._image_token_ids()[2]
+        return self._token_ids[2]
 
     @property
     def patch_size(self) -> int:
@@ -412,7 +413,7 @@ class InternVLModel(MultimodalModel):
             per_sample = ', '.join(f'sample {names[b]!r}: {n}' for b, n in enumerate(is_image.sum(1).tolist()))
             raise ValueError(f'The batch has {int(is_image.sum())} image placeholders ({per_sample}) but {num_images} '
                              'images (num_tiles entries): every <image> needs exactly one image.')
-        start_id, end_id, context_id = self._image_token_ids()
+        start_id, end_id, context_id = self._token_ids
         typed = torch.isin(input_ids, torch.tensor([start_id, end_id, context_id], device=input_ids.device)) & valid
         if typed.any():
             b = int(typed.nonzero()[0, 0])

@@ -331,21 +331,20 @@ class Qwen2VLModel(MultimodalModel):
         return list(torch.split(feats.to(embed_dtype), counts))
 
     def image_token_grids(self, image_inputs: Mapping[str, Any]) -> list[tuple[int, int]]:
-        """``(h / merge, w / merge)`` per image from ``image_grid_thw`` (the merger's raster order; one frame).
+        """Each image's LLM-token grid ``(h / merge, w / merge)`` from ``image_grid_thw`` (its P_i rows in row-major
+        order: the merger joins merge×merge patches).
 
         Raises:
-            ValueError: no ``image_grid_thw``, or a video-like grid with t > 1.
+            ValueError: an entry with t ≠ 1 (a video, or frames of one image), which is not one grid.
         """
-        grid = image_inputs.get('image_grid_thw')
-        if grid is None:
-            raise ValueError('Qwen2-VL token grids need `image_grid_thw` (from its image processor).')
         merge = int(self.vlm.config.vision_config.spatial_merge_size)
-        out = []
-        for t, h, w in grid.tolist():
+        grids = []
+        for k, (t, h, w) in enumerate(image_inputs['image_grid_thw'].tolist()):
             if t != 1:
-                raise ValueError(f'image_grid_thw row {[t, h, w]}: t = {t} frames has no single 2-D token grid.')
-            out.append((h // merge, w // merge))
-        return out
+                raise ValueError(f'image {k} has image_grid_thw ({t}, {h}, {w}) with t = {t}: its tokens are {t} '
+                                 'grids, not one; image_token_grids takes single images (t = 1).')
+            grids.append((h // merge, w // merge))
+        return grids
 
     # ------------------------------------------------------------------ inputs
     def prepare_inputs(self, data: dict, padding_side: Literal['right', 'left'] = 'right') -> MultimodalInputs:
