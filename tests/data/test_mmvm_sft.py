@@ -280,6 +280,8 @@ def test_qwen2_vl_processor(data, tiny_assets):
     from transformers import AutoImageProcessor
 
     from mllm_align.models.builders import load_tokenizer
+    from mllm_align.testing.tiny_assets import build_tiny_qwen2_vl
+    build_tiny_qwen2_vl(tiny_assets.root)  # its own stamp: not part of the tiny_assets fixture
     tok = load_tokenizer(str(TINY / 'qwen2_vl'), extra_special_tokens=[VPT_TOKEN])
     proc = AutoImageProcessor.from_pretrained(str(TINY / 'qwen2_vl'), use_fast=False)
     item = make(data, tok, template='qwen2_vl', image_processor=proc)[0]

@@ -209,6 +209,9 @@ def test_index_file_and_argument_errors(sa_root, tmp_path):
 @pytest.mark.parametrize('proc', ['qwen2_vl', 'vision/clip'])
 def test_real_tiny_processors_and_collate(sa_root, tiny_assets, proc):
     from transformers import AutoImageProcessor
+    if proc == 'qwen2_vl':  # its own stamp: not part of the tiny_assets fixture
+        from mllm_align.testing.tiny_assets import build_tiny_qwen2_vl
+        build_tiny_qwen2_vl(tiny_assets.root)
     processor = AutoImageProcessor.from_pretrained(str(TINY / proc), use_fast=False)
     ds = make(sa_root, image_processor=processor)
     items = [ds[0], ds[1]]
