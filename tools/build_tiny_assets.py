@@ -6,8 +6,10 @@
 Safe to re-run: when ``ROOT/.complete`` matches the builder's version and parameters nothing is
 rebuilt. A build goes to a temporary sibling directory and is renamed into place, so an
 interrupted run never leaves half-written assets. The tiny Qwen2-VL (``ROOT/qwen2_vl``) has its
-own stamp, so building it never rebuilds the rest (``--no-qwen2-vl`` skips it). So does the tiny
-remote-code RADIO stand-in (``ROOT/radio``, CoLVA's vision expert; ``--no-radio`` skips it). The work is done by
+own stamp, so building it never rebuilds the rest (``--no-qwen2-vl`` skips it), as have the two tiny
+InternVL bases (``ROOT/internvl2_remote``, remote code, and ``ROOT/internvl_hf``; ``--no-internvl`` skips
+them). So does the tiny remote-code RADIO stand-in (``ROOT/radio``, CoLVA's vision expert; ``--no-radio`` skips
+it). The work is done by
 ``mllm_align.testing.tiny_assets.build_tiny_assets`` and ``build_tiny_qwen2_vl``.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mllm_align.testing.tiny_assets import (  # noqa: E402
     summarize_tiny_assets,
 )
 from mllm_align.testing.tiny_colva_data import build_tiny_colva_data  # noqa: E402
+from mllm_align.testing.tiny_internvl import build_tiny_internvl  # noqa: E402
 from mllm_align.testing.tiny_radio import build_tiny_radio  # noqa: E402
 
 
@@ -47,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='upper bound of each trained tokenizer vocabulary (default: 1024)')
     parser.add_argument('--no-qwen2-vl', action='store_true',
                         help='do not build the tiny Qwen2-VL (ROOT/qwen2_vl; the Qwen2-VL tiny configs need it)')
+    parser.add_argument('--no-internvl', action='store_true',
+                        help='do not build the tiny InternVL bases (ROOT/internvl2_remote: remote code; '
+                             'ROOT/internvl_hf: transformers InternVLForConditionalGeneration)')
     parser.add_argument('--no-radio', action='store_true',
                         help="do not build the tiny remote-code RADIO stand-in (ROOT/radio; CoLVA's expert tests)")
     return parser.parse_args(argv)
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                                    vocab_size=args.vocab_size)
         if not args.no_qwen2_vl:
             build_tiny_qwen2_vl(root, force=args.force, seed=args.seed, vocab_size=args.vocab_size)
+        internvl = None if args.no_internvl else build_tiny_internvl(root, force=args.force, seed=args.seed,
+                                                                     vocab_size=args.vocab_size)
         radio = None if args.no_radio else build_tiny_radio(root, force=args.force, seed=args.seed)
         spair = build_tiny_spair(root, seed=args.seed)  # the C score's synthetic pairs (law sweep twin)
         colva = build_tiny_colva_data(root, force=args.force, seed=args.seed)  # CoLVA twins' SA-1B + MMVM SFT
@@ -109,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f'{"colva":<14} {colva["root"]}')
     if radio is not None:
         print(f'{"radio":<14} {radio}')
+    for name, path in (internvl or {}).items():
+        print(f'{"internvl_" + name:<14} {path}')
     return 0
 
 
