@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mllm_align.engine.checkpoint import add_trust_checkpoint_argument  # noqa: E402
+from mllm_align.engine.checkpoint import add_trust_checkpoint_argument, add_trust_remote_code_argument  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--dtype', choices=['auto', 'float32', 'bfloat16', 'float16'], default='auto',
                         help="model precision (default auto: the config's / the export's)")
     add_trust_checkpoint_argument(parser)
+    add_trust_remote_code_argument(parser)
     return parser.parse_args(argv)
 
 

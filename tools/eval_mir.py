@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mllm_align.data.mir_probe import DEFAULT_TEXT_MAX_TOKENS  # noqa: E402
-from mllm_align.engine.checkpoint import add_trust_checkpoint_argument  # noqa: E402
+from mllm_align.engine.checkpoint import add_trust_checkpoint_argument, add_trust_remote_code_argument  # noqa: E402
 from mllm_align.engine.config_overrides import CfgOptionsAction  # noqa: E402
 from mllm_align.metrics.mir import SQRT_MODES  # noqa: E402
 from mllm_align.models.hidden_states import TEXT_TOKENS  # noqa: E402
@@ -83,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--no-plots', action='store_true', help='do not write the PNGs')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     add_trust_checkpoint_argument(parser)
+    add_trust_remote_code_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mllm_align.engine.checkpoint import add_trust_checkpoint_argument  # noqa: E402
+from mllm_align.engine.checkpoint import add_trust_checkpoint_argument, add_trust_remote_code_argument  # noqa: E402
 from mllm_align.engine.config_overrides import CfgOptionsAction  # noqa: E402
 
 
@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--no-progress', action='store_true')
     p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE')
     add_trust_checkpoint_argument(p)
+    add_trust_remote_code_argument(p)
     return p.parse_args(argv)
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mllm_align.engine.checkpoint import add_trust_checkpoint_argument  # noqa: E402
+from mllm_align.engine.checkpoint import add_trust_checkpoint_argument, add_trust_remote_code_argument  # noqa: E402
 from mllm_align.engine.config_overrides import CfgOptionsAction  # noqa: E402
 from mllm_align.evaluation.vqa import ANSWER_MATCHES  # noqa: E402
 
@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='override config settings as tools/train.py does (e.g. pretrained_pth=PATH: the '
                              'stage-1 checkpoint the untrained SFT model starts from)')
     add_trust_checkpoint_argument(parser)
+    add_trust_remote_code_argument(parser)
     return parser.parse_args(argv)
 
 

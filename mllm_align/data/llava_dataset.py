@@ -68,6 +68,7 @@ from torch.utils.data import ConcatDataset as TorchConcatDataset
 from torch.utils.data import Dataset
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from .bad_samples import BadSampleError, MissingImageError, SkipsBadSamples
 from .image_loading import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, UnreadableImageError, load_image
 from .image_processing import has_token_counts, image_token_counts, process_image_inputs, resolve_background
 from .json_index import JsonRecords, MalformedRecordError
@@ -130,18 +131,6 @@ class DuplicateIds:
                 f'trained on; {SAMPLE_NOTICES["duplicate_id"].split("; ")[1]}.')
 
 
-class BadSampleError(ValueError):
-    """A sample that cannot be used; ``cause`` is a key of :data:`BAD_SAMPLE_CAUSES`."""
-
-    def __init__(self, message: str, cause: str) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-class MissingImageError(BadSampleError, FileNotFoundError):
-    """A sample's image file does not exist (also a ``FileNotFoundError``)."""
-
-
 def build_from_cfg(cfg: Any) -> Any:
     """Build an mmengine-style ``dict(type=callable, **kwargs)``; anything else is returned as is.
 
@@ -164,7 +153,7 @@ def build_from_cfg(cfg: Any) -> Any:
     return obj_type(**kwargs)
 
 
-class LLaVADataset(Dataset):
+class LLaVADataset(SkipsBadSamples, Dataset):
     """Lazy LLaVA JSON / JSONL dataset (see the module docstring).
 
     Args:
@@ -212,8 +201,7 @@ class LLaVADataset(Dataset):
                  max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                  alpha_background: Literal['white', 'mean'] | tuple[int, int, int] = 'white',
                  exif_transpose: bool = True) -> None:
-        if on_bad_sample not in ('raise', 'skip'):
-            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}.")
+        self._init_bad_samples(on_bad_sample)
         if max_image_pixels is not None and (isinstance(max_image_pixels, bool)
                                              or not isinstance(max_image_pixels, int) or max_image_pixels < 1):
             raise ValueError(f'max_image_pixels must be a positive int or None (no limit), '
@@ -233,7 +221,6 @@ class LLaVADataset(Dataset):
         self.max_length = int(max_length)
         self.num_image_tokens = int(num_image_tokens)
         self.pad_image_to_square = pad_image_to_square
-        self.on_bad_sample = on_bad_sample
         self.system = system
         self.insert_missing_image_token = insert_missing_image_token
         self.max_image_pixels = max_image_pixels
@@ -254,9 +241,7 @@ class LLaVADataset(Dataset):
         text = np.ceil(byte_lengths / chars_per_token).astype(np.int64)
         self.lengths = np.maximum(text + image_counts * self.num_image_tokens, 1)
         self.modality_lengths = np.where(image_counts > 0, self.lengths, -self.lengths)
-        self.skip_counts: Counter[str] = Counter()
         self.notice_counts: Counter[str] = Counter()
-        self._warned: set[str] = set()
         self.duplicate_ids = self._find_duplicate_ids()
         if self.duplicate_ids.num_records:
             print_log(f'LLaVADataset {self.data_files}: {self.duplicate_ids.describe()}',
@@ -265,11 +250,6 @@ class LLaVADataset(Dataset):
     # -------------------------------------------------------------- bookkeeping
     def __len__(self) -> int:
         return int(self._offsets[-1])
-
-    @property
-    def num_skipped(self) -> int:
-        """Bad samples skipped so far in this process (each DataLoader worker counts its own)."""
-        return sum(self.skip_counts.values())
 
     @property
     def data_files(self) -> list[str]:
@@ -350,38 +330,8 @@ class LLaVADataset(Dataset):
         return records.load(local)
 
     # -------------------------------------------------------------- items
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if self.on_bad_sample == 'raise':
-            return self._load(index)
-        n = len(self)
-        skipped: Counter[str] = Counter()
-        for attempt in range(n):
-            j = (index + attempt) % n
-            try:
-                item = self._load(j)
-            except BadSampleError as err:
-                self._record_skip(err)
-                skipped[err.cause] += 1
-                continue
-            if skipped:
-                # Travels with the batch (llava_collate_fn sums it), so skips made inside DataLoader
-                # workers still reach DatasetInfoHook in the main process.
-                item['skipped'] = dict(skipped)
-            return item
-        raise RuntimeError(f'Every one of the {n} samples of {self.data_files} is bad (causes: '
-                           f'{dict(self.skip_counts)}); nothing to train on. Set '
-                           "on_bad_sample='raise' to see the first one with its location and fix.")
-
-    def _record_skip(self, err: BadSampleError) -> None:
-        self.skip_counts[err.cause] += 1
-        if err.cause not in self._warned:
-            self._warned.add(err.cause)
-            print_log(f'Skipped a bad sample ({err.cause}) and trained on the next one instead: '
-                      f'{err} Further {err.cause!r} samples are skipped without a message; '
-                      'DatasetInfoHook logs the count per cause. To list each one, load the '
-                      "dataset with on_bad_sample='raise' and read every index, e.g. "
-                      '`[ds[i] for i in range(len(ds))]`, catching BadSampleError.',
-                      logger='current', level=logging.WARNING)
+    def _bad_sample_source(self) -> str:
+        return str(self.data_files)
 
     def _load(self, index: int) -> dict[str, Any]:
         records, local = self._locate(index)

@@ -50,24 +50,22 @@ is the MMVM benchmark's own wording).
 from __future__ import annotations
 
 import json
-import logging
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
-from mmengine.logging import print_log
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ..constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, VPT_TOKEN
 from ..metrics.mmvm import MATCH_TYPES
+from .bad_samples import BadSampleError, MissingImageError, SkipsBadSamples
 from .image_loading import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, UnreadableImageError, load_image
 from .image_processing import has_patch_grid, process_image_inputs
-from .llava_dataset import BadSampleError, MissingImageError, build_from_cfg
+from .llava_dataset import build_from_cfg
 from .sa1b import objects_on_grid
 from .templates import ConversationError, build_generation_prompt, encode_conversation, get_template
 from .visual_prompts import (
@@ -338,7 +336,7 @@ def match_prompt_item(images: Sequence[Image.Image], query_mask: np.ndarray, can
     return item, options_for_ids(K), ids
 
 
-class MMVMSFTDataset(Dataset):
+class MMVMSFTDataset(SkipsBadSamples, Dataset):
     """MMVMData matching questions as CoLVA SFT items (module docstring for layout, drawing and text).
 
     Args:
@@ -383,8 +381,6 @@ class MMVMSFTDataset(Dataset):
                  query_colours: Sequence[str] | None = None, seed: int = 0,
                  on_bad_sample: Literal['raise', 'skip'] = 'raise', system: str | None = None,
                  max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
-        if on_bad_sample not in ('raise', 'skip'):
-            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}.")
         if form not in ('auto', 'choice', 'reasoning'):
             raise ValueError(f"form must be 'auto', 'choice' or 'reasoning', got {form!r}.")
         if expert_image_size < 1 or expert_grid < 1 or max_length < 1 or num_image_tokens < 1:
@@ -412,7 +408,7 @@ class MMVMSFTDataset(Dataset):
         self.num_image_tokens = int(num_image_tokens)
         self.pad_image_to_square = pad_image_to_square
         self.seed = int(seed)
-        self.on_bad_sample = on_bad_sample
+        self._init_bad_samples(on_bad_sample)
         self.system = system
         self.max_image_pixels = max_image_pixels
         paths = [data_path] if isinstance(data_path, (str, os.PathLike)) else list(data_path)
@@ -426,8 +422,6 @@ class MMVMSFTDataset(Dataset):
         cands = np.array([self._count_candidates(r[0]) for r in self.records], dtype=np.int64)
         self.lengths = 150 + 12 * cands + 2 * self.num_image_tokens  # rough effective length, without tokenizing
         self.modality_lengths = self.lengths.copy()  # positive: every sample has images
-        self.skip_counts: Counter[str] = Counter()
-        self._warned: set[str] = set()
 
     @staticmethod
     def _count_candidates(raw: Any) -> int:
@@ -440,11 +434,6 @@ class MMVMSFTDataset(Dataset):
         return len(self.records)
 
     @property
-    def num_skipped(self) -> int:
-        """Bad samples skipped so far in this process."""
-        return sum(self.skip_counts.values())
-
-    @property
     def metainfo(self) -> dict:
         """What mmengine's loops log about the dataset."""
         return dict(data_files=self.data_files, num_samples=len(self), template=self.template.name,
@@ -455,32 +444,8 @@ class MMVMSFTDataset(Dataset):
         raw, where, root, k = self.records[index]
         return parse_record(raw, where, root, k)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f'index {index} out of range for a dataset of {n} samples.')
-        index %= n
-        if self.on_bad_sample == 'raise':
-            return self._load(index)
-        skipped: Counter[str] = Counter()
-        for attempt in range(n):
-            j = (index + attempt) % n
-            try:
-                item = self._load(j)
-            except BadSampleError as err:
-                self.skip_counts[err.cause] += 1
-                skipped[err.cause] += 1
-                if err.cause not in self._warned:
-                    self._warned.add(err.cause)
-                    print_log(f'Skipped a bad MMVM SFT sample ({err.cause}) and used the next one: {err} Further '
-                              f'{err.cause!r} samples are skipped silently; DatasetInfoHook logs the counts.',
-                              logger='current', level=logging.WARNING)
-                continue
-            if skipped:
-                item['skipped'] = dict(skipped)
-            return item
-        raise RuntimeError(f'Every one of the {n} samples of {self.data_files} is bad (causes: '
-                           f"{dict(self.skip_counts)}); set on_bad_sample='raise' to see the first one with its fix.")
+    def _bad_sample_source(self) -> str:
+        return str(self.data_files)
 
     def _read(self, path: Path, where: str) -> Image.Image:
         if not path.is_file():

@@ -45,7 +45,6 @@ with fewer than 2 objects is a bad sample (``too_few_objects``).
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -55,13 +54,13 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine.logging import print_log
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .bad_samples import BadSampleError, MissingImageError, SkipsBadSamples
 from .image_loading import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, UnreadableImageError, load_image
 from .image_processing import process_image_inputs
-from .llava_dataset import BadSampleError, MissingImageError, build_from_cfg
+from .llava_dataset import build_from_cfg
 from .visual_prompts import decode_mask
 
 __all__ = ['SA1B_BAD_SAMPLE_CAUSES', 'SA1B_NOTICES', 'SA1BPseudoVideoDataset', 'ViewParams', 'apply_view',
@@ -205,7 +204,7 @@ def _resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     return _unpack(packed, masks.shape[0])
 
 
-class SA1BPseudoVideoDataset(Dataset):
+class SA1BPseudoVideoDataset(SkipsBadSamples, Dataset):
     """SA-1B pseudo-video pairs for CoLVA's object pre-training (module docstring for layout and semantics).
 
     Args:
@@ -242,6 +241,8 @@ class SA1BPseudoVideoDataset(Dataset):
         :class:`~mllm_align.data.llava_dataset.BadSampleError` naming the file and the fix.
     """
 
+    bad_sample_noun = 'image'
+
     def __init__(self, data_root: str | os.PathLike, image_processor: Any, expert_image_size: int,
                  expert_grid: int, mask_threshold: float = 0.55, min_object_pixels: int = 16,
                  max_objects: int = 64, seed: int = 0, view_size: int | None = None,
@@ -250,8 +251,6 @@ class SA1BPseudoVideoDataset(Dataset):
                  on_bad_sample: Literal['raise', 'skip'] = 'raise',
                  max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                  directions: Literal['both', 'one'] = 'both') -> None:
-        if on_bad_sample not in ('raise', 'skip'):
-            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}.")
         if directions not in ('both', 'one'):
             raise ValueError(f"directions must be 'both' or 'one', got {directions!r}.")
         self.directions = directions
@@ -276,14 +275,12 @@ class SA1BPseudoVideoDataset(Dataset):
         self.seed = int(seed)
         self.view_size = int(view_size or expert_image_size)
         self.view_sampling = view_sampling
-        self.on_bad_sample = on_bad_sample
+        self._init_bad_samples(on_bad_sample)
         self.max_image_pixels = max_image_pixels
         self.images = self._list_images(index_file)
         self.lengths = np.ones(len(self.images), dtype=np.int64)  # no text: one "token" each for the sampler
         self.modality_lengths = self.lengths.copy()  # positive: every item has images
-        self.skip_counts: Counter[str] = Counter()
         self.notice_counts: Counter[str] = Counter()
-        self._warned: set[str] = set()
 
     def _list_images(self, index_file: str | os.PathLike | None) -> list[str]:
         if index_file is None:
@@ -315,42 +312,13 @@ class SA1BPseudoVideoDataset(Dataset):
         return len(self.images)
 
     @property
-    def num_skipped(self) -> int:
-        """Bad samples skipped so far in this process."""
-        return sum(self.skip_counts.values())
-
-    @property
     def metainfo(self) -> dict:
         """What mmengine's loops log about the dataset."""
         return dict(data_root=str(self.data_root), num_samples=len(self), expert_image_size=self.expert_image_size,
                     expert_grid=self.expert_grid, view_size=self.view_size, view_sampling=self.view_sampling)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f'index {index} out of range for a dataset of {n} images.')
-        index %= n
-        if self.on_bad_sample == 'raise':
-            return self._load(index)
-        skipped: Counter[str] = Counter()
-        for attempt in range(n):
-            j = (index + attempt) % n
-            try:
-                item = self._load(j)
-            except BadSampleError as err:
-                self.skip_counts[err.cause] += 1
-                skipped[err.cause] += 1
-                if err.cause not in self._warned:
-                    self._warned.add(err.cause)
-                    print_log(f'Skipped a bad SA-1B image ({err.cause}) and used the next one: {err} Further '
-                              f'{err.cause!r} images are skipped silently; DatasetInfoHook logs the counts.',
-                              logger='current', level=logging.WARNING)
-                continue
-            if skipped:
-                item['skipped'] = dict(skipped)
-            return item
-        raise RuntimeError(f'Every one of the {n} images of {self.data_root} is bad (causes: '
-                           f"{dict(self.skip_counts)}); set on_bad_sample='raise' to see the first one with its fix.")
+    def _bad_sample_source(self) -> str:
+        return str(self.data_root)
 
     def _bad(self, cause: str, where: str, what: str, error: type[BadSampleError] = BadSampleError) -> BadSampleError:
         hint = " Set on_bad_sample='skip' to skip such images (they are counted)." if self.on_bad_sample == 'raise' \

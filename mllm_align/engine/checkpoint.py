@@ -64,8 +64,9 @@ from .distributed import check_launcher_alive
 __all__ = [
     # defined here: writing
     'AtomicLocalBackend', 'CheckpointWriteHook', 'add_checkpoint_write_hook', 'add_trust_checkpoint_argument',
-    'checkpoint_write_hook', 'install_atomic_backend', 'install_safe_local_loader', 'remove_checkpoint_write_hook',
-    'run_checkpoint_write_hooks',
+    'add_trust_remote_code_argument',
+    'atomic_write', 'checkpoint_write_hook', 'install_atomic_backend', 'install_safe_local_loader',
+    'remove_checkpoint_write_hook', 'run_checkpoint_write_hooks',
     # re-exported from mllm_align.checkpoint_io: loading
     'DEEPSPEED_MODEL_STATES', 'DEEPSPEED_OPTIM_STATES', 'DEEPSPEED_SAFE_GLOBALS', 'TRUST_ENV', 'TRUST_HINT',
     'UnsafeCheckpointError', 'allow_mmengine_checkpoint_globals', 'check_checkpoint_safe', 'deepspeed_safe_globals',
@@ -113,7 +114,11 @@ def run_checkpoint_write_hooks(path: Union[str, os.PathLike]) -> None:
         hook(os.fspath(path))
 
 
-def _atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
+def atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
+    """Write ``data`` to ``filepath`` so that a reader sees the old file or the new one, never a torn one.
+
+    Temp file in the same directory, fsync, the write hooks, a launcher-alive check, then ``os.replace``.
+    """
     directory = os.path.dirname(os.path.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(filepath) + '.', suffix='.tmp')
@@ -164,10 +169,10 @@ class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend with atomic ``put`` / ``put_text`` (temp file + ``os.replace``)."""
 
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
-        _atomic_write(obj, filepath)
+        atomic_write(obj, filepath)
 
     def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
-        _atomic_write(obj.encode(encoding), filepath)
+        atomic_write(obj.encode(encoding), filepath)
 
 
 def install_atomic_backend() -> None:
@@ -194,8 +199,9 @@ def install_safe_local_loader() -> None:
     CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local_safely, force=True)
 
 
-class _TrustCheckpointAction(argparse.Action):
-    """``--trust-checkpoint``: sets :data:`TRUST_ENV`, so that every loader (and every rank) sees it."""
+class _SetEnvFlagAction(argparse.Action):
+    """A flag without a value that sets the environment variable ``const`` to ``1``: this process and every process
+    it starts (each rank, each loader) see the permission."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
@@ -203,11 +209,21 @@ class _TrustCheckpointAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
         setattr(namespace, self.dest, True)
-        set_trust_checkpoints(True)
+        os.environ[self.const] = '1'
 
 
 def add_trust_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--trust-checkpoint`` (the opt-in to unsafe loading of trusted files) to a tool's parser."""
-    parser.add_argument('--trust-checkpoint', action=_TrustCheckpointAction,
+    """Add ``--trust-checkpoint`` (the opt-in to unsafe loading of trusted files; sets :data:`TRUST_ENV`)."""
+    parser.add_argument('--trust-checkpoint', action=_SetEnvFlagAction, const=TRUST_ENV,
                         help='load checkpoints that need full unpickling (weights_only=False), which can run code '
                              f'from the file: only for files you trust (same as {TRUST_ENV}=1)')
+
+
+def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--trust-remote-code`` (run the modelling code an HF directory ships, e.g. a remote-code InternVL2
+    export; sets ``MLLM_ALIGN_TRUST_REMOTE_CODE``) to a tool's parser."""
+    from ..models.hf_llava import TRUST_REMOTE_CODE_ENV
+    parser.add_argument('--trust-remote-code', action=_SetEnvFlagAction, const=TRUST_REMOTE_CODE_ENV,
+                        help='allow HF directories that ship their own modelling code (config.json auto_map + *.py, '
+                             'e.g. an export of a remote-code InternVL2 base): that code runs, so only for '
+                             f'directories you trust (same as {TRUST_REMOTE_CODE_ENV}=1)')

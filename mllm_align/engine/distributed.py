@@ -76,7 +76,7 @@ def launcher_alive() -> bool:
 def check_launcher_alive(what: str = 'checkpoint') -> None:
     """Raise :class:`LauncherGoneError` if the launcher died, naming ``what`` would have been written.
 
-    Called by the atomic checkpoint writers (``mllm_align.engine.checkpoint._atomic_write``, the
+    Called by the atomic checkpoint writers (``mllm_align.engine.checkpoint.atomic_write``, the
     DeepSpeed directory rename) right before they rename a finished temp file into place.
     """
     if not launcher_alive():

@@ -9,9 +9,9 @@ deepspeed). What it changes:
 * **Atomic checkpoint directories.** With the optimizer state, DeepSpeed writes ``iter_N.pth`` as a
   directory of per-rank shards, file by file. :class:`AtomicDeepSpeedStrategy` has every rank write
   into ``.iter_N.pth.partial/`` and rank 0 renames it to ``iter_N.pth`` once all ranks are done, so a
-  run killed mid-save never leaves a torn ``iter_N.pth`` (mmengine's ``last_checkpoint`` pointer is
-  written after, through the atomic file backend). The rename assumes the work dir is one shared
-  file system for all ranks, as DeepSpeed's own resume does.
+  run killed mid-save never leaves a torn ``iter_N.pth`` (the ``last_checkpoint`` pointer is written
+  after it, atomically, by :class:`~mllm_align.engine.checkpoint_hook.AtomicCheckpointHook`). The rename
+  assumes the work dir is one shared file system for all ranks, as DeepSpeed's own resume does.
 * **Safe loading.** DeepSpeed's ``engine.load_checkpoint`` (what ``--resume`` and ``load_from`` call)
   reads every shard with ``torch.load(..., weights_only=False)``. :meth:`AtomicDeepSpeedStrategy.resume`
   and :meth:`~AtomicDeepSpeedStrategy.load_checkpoint` first check every shard's pickle globals, then

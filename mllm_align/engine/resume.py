@@ -14,8 +14,9 @@ A config's own ``resume = True`` means ``auto`` (mmengine's meaning); with ``loa
 directories) of the directory the checkpoint hook writes to (:func:`checkpoint_dir`: the work dir,
 or ``out_dir/<work dir name>`` as mmengine's ``CheckpointHook(out_dir=…)`` builds it), newest N
 first. Temporary names (``.iter_N.pth.*.tmp`` of the atomic file writer, ``.iter_N.pth.partial/``
-of a DeepSpeed save in progress) never match. mmengine's own ``last_checkpoint`` pointer does not
-decide: it is written *after* the checkpoint, so a run killed between the two leaves it one behind;
+of a DeepSpeed save in progress) never match. The ``last_checkpoint`` pointer does not decide: it is
+written *after* the checkpoint (atomically, by :class:`~mllm_align.engine.checkpoint_hook.AtomicCheckpointHook`;
+mmengine's own hook can leave it empty), so a run killed between the two leaves it one behind;
 it cannot say whether the file it names is whole; and in a copied or moved work dir it still names
 the old location (another run's files). It is only mentioned in the log when it disagrees.
 

@@ -117,6 +117,9 @@ class CoLVAModel(MultimodalModel):
         self.mask_threshold = DEFAULT_THRESHOLDS[stage] if mask_threshold is None else float(mask_threshold)
         self.base_mask_threshold = float(base_mask_threshold)
         self.adapter = ObjectAdapter(int(self.expert.hidden_size), base.hidden_size)
+        if not freeze_expert and getattr(self.expert, 'frozen', False):
+            raise ValueError('model.freeze_expert=False (train the expert) but the expert was built frozen '
+                             '(model.expert.freeze=True keeps it in eval mode): set model.expert.freeze=False too.')
         self.freeze_expert = freeze_expert
         self.expert.requires_grad_(not freeze_expert)
         if freeze_adapter is None:
@@ -416,18 +419,25 @@ class CoLVAModel(MultimodalModel):
 
 
 def load_colva_export(path: str | os.PathLike, expert: Any = None, *, device: str | torch.device = 'cpu',
-                      dtype: Any = None) -> CoLVAModel:
+                      dtype: Any = None, trust_remote_code: bool | None = None) -> CoLVAModel:
     """A CoLVA export (:meth:`CoLVAModel.export_hf`) as a frozen SFT-stage :class:`CoLVAModel`.
 
     The base is loaded from the directory by the HF-directory loader of its ``model_type``; the expert from
     ``expert`` (a built expert or its config) or, when None, the source recorded at export time.
+    ``trust_remote_code``: allow modelling code that is not transformers': the base's own code in the directory
+    (an export of a remote-code InternVL2 base ships it; :func:`~mllm_align.models.hf_llava.load_hf_dir`) and
+    the recorded expert's (RADIO is loaded with ``trust_remote_code=True`` from the path it was trained from).
+    None: allowed when ``MLLM_ALIGN_TRUST_REMOTE_CODE=1`` (the tools' ``--trust-remote-code``).
 
     Raises:
         FileNotFoundError: not a CoLVA export (no :data:`COLVA_INFO_NAME`).
-        ValueError: no expert given and none recorded.
+        ValueError: no expert given and none recorded; modelling code in the directory, or a recorded expert
+            that runs remote code, without ``trust_remote_code`` (naming the files or the expert and the flag).
     """
-    from .hf_llava import load_hf_dir
+    from .hf_llava import TRUST_REMOTE_CODE_ENV, load_hf_dir
 
+    if trust_remote_code is None:
+        trust_remote_code = os.environ.get(TRUST_REMOTE_CODE_ENV) == '1'
     path = Path(path)
     info_path = path / COLVA_INFO_NAME
     if not info_path.is_file():
@@ -438,8 +448,13 @@ def load_colva_export(path: str | os.PathLike, expert: Any = None, *, device: st
         if expert is None:
             raise ValueError(f'{str(info_path)!r} records no expert config (the model was built from an expert '
                              'object): pass expert= (the vision expert the model was trained with).')
+        if expert.get('trust_remote_code') and not trust_remote_code:
+            raise ValueError(f'{str(info_path)!r} records a vision expert loaded with its own modelling code '
+                             f'({expert.get("path")!r}, trust_remote_code=True): pass '
+                             'load_colva_export(path, trust_remote_code=True) if you trust that code, or pass '
+                             'expert= (a built expert or its config).')
         expert = {**expert, 'type': _import_dotted(expert['type'])}
-    base = load_hf_dir(str(path), dtype=dtype) if dtype is not None else load_hf_dir(str(path))
+    base = load_hf_dir(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
     model = CoLVAModel(base=base, expert=expert, stage='sft', mask_threshold=info.get('mask_threshold'),
                        adapter_pth=str(path / ADAPTER_FILE))
     if model.vpt_token_id != info.get('vpt_token_id', model.vpt_token_id):

@@ -10,7 +10,13 @@ evaluation runner score), the registry of HF-directory loaders, and plug-in re-a
   directory's ``config.json``) → a function that loads such a directory as a ``MultimodalModel``.
   ``llava`` → :meth:`HFLlavaModel.from_pretrained` is built in; another base registers its own
   (``register_hf_dir_loader('qwen2_vl', Qwen2VLModel.from_hf_dir)``), and the evaluation runner and
-  ``tools/eval_mir.py`` then accept its directories.
+  ``tools/eval_mir.py`` then accept its directories. The InternVL loaders are registered here by dotted path
+  (``internvl``, ``internvl_chat``), so they work before (and without) anything imports their module.
+* **Remote code is opt-in** (:func:`check_remote_code_trusted`): a directory whose ``config.json`` has an
+  ``auto_map`` and which ships ``*.py`` files (a remote-code InternVL2 export) runs that code when loaded, so
+  :func:`load_hf_dir` refuses it unless the caller passes ``trust_remote_code=True`` (or, for the tools,
+  ``--trust-remote-code``, which sets :data:`TRUST_REMOTE_CODE_ENV` for every process), and then hands the flag
+  to the loader of its ``model_type``.
 * **Plug-ins of an export** (:func:`attach_exported_plugins`): an export records its plug-ins in
   :data:`EXPORT_INFO_NAME` (``"plugins": [{"name": "moca", "class": "mllm_align.align.moca.MoCa",
   "files": [...]}]``, written by each plug-in's ``export_files``). The loader imports each class by its
@@ -20,6 +26,7 @@ evaluation runner score), the registry of HF-directory loaders, and plug-in re-a
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -35,10 +42,12 @@ from .export_dir import EXPORT_INFO_NAME
 from .plugin import AlignPlugin
 from .splice import MultimodalInputs, splice_image_features
 
-__all__ = ['EXPORT_INFO_NAME', 'HFDirLoader', 'HFLlavaModel', 'attach_exported_plugins', 'hf_dir_model_type',
-           'load_hf_dir', 'read_export_info', 'register_hf_dir_loader', 'registered_hf_model_types']
+__all__ = ['EXPORT_INFO_NAME', 'HFDirLoader', 'HFLlavaModel', 'TRUST_REMOTE_CODE_ENV', 'attach_exported_plugins',
+           'check_remote_code_trusted', 'hf_dir_model_type', 'load_hf_dir', 'read_export_info',
+           'register_hf_dir_loader', 'registered_hf_model_types']
 
-#: ``loader(path, *, template=None, dtype=None, device='cpu') -> MultimodalModel``.
+#: ``loader(path, *, template=None, dtype=None, device='cpu') -> MultimodalModel``; a loader of directories that
+#: ship modelling code also takes ``trust_remote_code`` (passed only for such a directory, always True).
 HFDirLoader = Callable[..., MultimodalModel]
 
 
@@ -143,8 +152,13 @@ def attach_exported_plugins(model: MultimodalModel, directory: str | os.PathLike
 # The loader registry
 # ---------------------------------------------------------------------------------------------
 # model_type → loader, or a 'package.module:attribute.path' string resolved at first use (no import
-# of every base at start-up).
-_HF_DIR_LOADERS: dict[str, HFDirLoader | str] = {'llava': 'mllm_align.models.hf_llava:HFLlavaModel.from_pretrained'}
+# of every base at start-up). `mllm_align.models` imports qwen2_vl, which registers itself; InternVL's module is
+# not imported there (import time), so its loader is named here.
+_HF_DIR_LOADERS: dict[str, HFDirLoader | str] = {
+    'llava': 'mllm_align.models.hf_llava:HFLlavaModel.from_pretrained',
+    'internvl': 'mllm_align.models.internvl:load_internvl_dir',
+    'internvl_chat': 'mllm_align.models.internvl:load_internvl_dir',
+}
 
 
 def register_hf_dir_loader(model_type: str, loader: HFDirLoader | str, overwrite: bool = False) -> None:
@@ -185,6 +199,38 @@ def hf_dir_model_type(path: str | os.PathLike) -> str | None:
     return model_type if isinstance(model_type, str) else None
 
 
+TRUST_REMOTE_CODE_ENV = 'MLLM_ALIGN_TRUST_REMOTE_CODE'
+"""Set to ``1`` (the tools' ``--trust-remote-code``): :func:`load_hf_dir` called without ``trust_remote_code`` allows
+directories that ship modelling code, as the checkpoint loaders' ``MLLM_ALIGN_TRUST_CHECKPOINT`` does for pickles."""
+
+
+def check_remote_code_trusted(path: str | os.PathLike, trust_remote_code: bool) -> bool:
+    """Whether the HF directory ``path`` ships modelling code, refused unless ``trust_remote_code``.
+
+    Remote code = a ``config.json`` ``auto_map`` and ``*.py`` files beside it (what
+    ``AutoModel.from_pretrained(path, trust_remote_code=True)`` would import and run). ``trust_remote_code`` is a
+    permission: True for a directory without code changes nothing.
+
+    Raises:
+        ValueError: the directory ships code and ``trust_remote_code`` is False (naming the files and the fix).
+    """
+    directory = Path(path)
+    try:
+        auto_map = json.loads((directory / 'config.json').read_text()).get('auto_map') or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+    code = sorted(p.name for p in directory.glob('*.py'))
+    if not (auto_map and code):
+        return False
+    if not trust_remote_code:
+        raise ValueError(f'{str(directory)!r} ships its own modelling code (config.json auto_map {sorted(auto_map)}; '
+                         f'files {code}), which loading it would run. If you trust that code, pass '
+                         'trust_remote_code=True: load_hf_dir(path, trust_remote_code=True), '
+                         'load_colva_export(path, trust_remote_code=True) or load_internvl_dir(path, '
+                         'trust_remote_code=True); with the tools, --trust-remote-code.')
+    return True
+
+
 def _resolve_loader(loader: HFDirLoader | str) -> HFDirLoader:
     if callable(loader):
         return loader
@@ -196,11 +242,15 @@ def _resolve_loader(loader: HFDirLoader | str) -> HFDirLoader:
 
 
 def load_hf_dir(path: str | os.PathLike, *, template: str | None = None, dtype: torch.dtype | str | None = None,
-                device: str | torch.device = 'cpu') -> MultimodalModel:
+                device: str | torch.device = 'cpu', trust_remote_code: bool | None = None) -> MultimodalModel:
     """Load an HF model directory as a ``MultimodalModel`` with the loader registered for its ``model_type``.
 
+    ``trust_remote_code``: allow a directory that ships modelling code (:func:`check_remote_code_trusted`); its
+    loader then gets ``trust_remote_code=True``. None: allowed when :data:`TRUST_REMOTE_CODE_ENV` is ``1``.
+
     Raises:
-        ValueError: not an HF directory (no ``config.json``), or no loader for its ``model_type``.
+        ValueError: not an HF directory (no ``config.json``); no loader for its ``model_type``; modelling code in
+            the directory without ``trust_remote_code``, or a loader that cannot take it.
     """
     model_type = hf_dir_model_type(path)
     if model_type is None:
@@ -210,7 +260,18 @@ def load_hf_dir(path: str | os.PathLike, *, template: str | None = None, dtype: 
         raise ValueError(f'{path} holds a {model_type!r} model and no loader is registered for it (registered: '
                          f'{registered_hf_model_types()}); call mllm_align.models.register_hf_dir_loader('
                          f'{model_type!r}, fn), or import the module of the base that registers it.')
-    return _resolve_loader(loader)(path, template=template, dtype=dtype, device=device)
+    fn = _resolve_loader(loader)
+    extra: dict[str, Any] = {}
+    if trust_remote_code is None:
+        trust_remote_code = os.environ.get(TRUST_REMOTE_CODE_ENV) == '1'
+    if check_remote_code_trusted(path, trust_remote_code):
+        params = inspect.signature(fn).parameters
+        if 'trust_remote_code' not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise ValueError(f'{path} ships modelling code, but the loader registered for {model_type!r} '
+                             f'({getattr(fn, "__qualname__", fn)}) takes no trust_remote_code: it cannot load such a '
+                             'directory. Register a loader that does (register_hf_dir_loader(..., overwrite=True)).')
+        extra['trust_remote_code'] = True
+    return fn(path, template=template, dtype=dtype, device=device, **extra)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,10 +47,9 @@ S tile side, P tokens per tile, D LLM hidden size, V vocabulary.
 """
 from __future__ import annotations
 
-import copy
 import json
-import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -62,8 +61,8 @@ from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from ..data.internvl_tiles import NUM_TILES_KEY, InternVLTileProcessor
 from .base import MultimodalModel, accepts_logits_to_keep
 from .builders import check_attn_implementation, check_model_dir, load_tokenizer, resolve_dtype
-from .export_dir import EXPORT_INFO_NAME, check_plugins_exportable, export_plugins, prepare_out_dir, staged_export_dir
-from .qwen2_vl import inject_lora, merged_state_dict
+from .export_dir import EXPORT_INFO_NAME, export_merged_base
+from .qwen2_vl import inject_lora
 from .splice import MultimodalInputs, splice_image_features
 
 __all__ = ['InternVLModel', 'IMG_START_TOKEN', 'IMG_END_TOKEN', 'IMG_CONTEXT_TOKEN', 'internvl_checkpoint_format',
@@ -193,12 +192,15 @@ class InternVLModel(MultimodalModel):
         super().__init__(tokenizer=tokenizer, template=template, max_new_tokens=max_new_tokens,
                          data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         weights = hf_weights_kwargs(directory)
+        self.source_dir = directory  # a remote export copies its modelling code from here
         if self.format == 'remote':
             from transformers import AutoModel
 
             check_attn_implementation(attn_implementation)
+            # The remote constructor's own argument; the export rebuilds the class with it.
+            self._remote_kwargs = dict(use_flash_attn=attn_implementation == 'flash_attention_2')
             self.vlm = AutoModel.from_pretrained(str(directory), trust_remote_code=True, dtype=resolve_dtype(dtype),
-                                                 use_flash_attn=attn_implementation == 'flash_attention_2', **weights)
+                                                 **self._remote_kwargs, **weights)
             interface = ('vision_model', 'mlp1', 'language_model', 'extract_feature')
             missing = [a for a in interface if not hasattr(self.vlm, a)]
             if missing:
@@ -432,83 +434,81 @@ class InternVLModel(MultimodalModel):
     def export_hf(self, out_dir: str | os.PathLike, overwrite: bool = False, dtype: str | torch.dtype | None = None,
                   template: Any = None, source_config: str | None = None, source_checkpoint: str | None = None,
                   max_shard_size: str = '5GB') -> Path:
-        """Write an ``InternVLForConditionalGeneration`` directory with the same logits (HF format only).
+        """Write a directory that loads, in the base's own format, with the same logits as this model.
 
-        Holds the model (LoRA merged: W = W₀ + (α/r)·B·A), ``generation_config`` (EOS = the template's stop
-        tokens), the tokenizer (the trained chat template as Jinja, an image as ``<IMG_CONTEXT>``, which
-        InternVL's processor expands to ``<img>`` + P·T_i ``<IMG_CONTEXT>`` + ``</img>``), the tiling as a
-        ``GotOcr2ImageProcessor`` config, each plug-in's files and :data:`EXPORT_INFO_NAME`. Written to a
-        temporary sibling and renamed into place; the model is not modified.
+        Both formats hold the model with LoRA merged (W = W₀ + (α/r)·B·A) as safetensors under the keys its class
+        expects, ``generation_config.json`` (EOS = the template's stop tokens), the tokenizer with the trained
+        chat template as Jinja, each plug-in's files and :data:`EXPORT_INFO_NAME` (with the tiling, which
+        :func:`load_internvl_dir` restores); the steps are those every one-model base shares
+        (:func:`~mllm_align.models.export_dir.export_merged_base`), written to a temporary sibling and renamed into
+        place. The model is not modified.
+
+        * ``'hf'``: an ``InternVLForConditionalGeneration`` directory; an image is ``<IMG_CONTEXT>`` in the chat
+          template (InternVL's processor expands it to ``<img>`` + P·T_i ``<IMG_CONTEXT>`` + ``</img>``) and the
+          tiling is a ``GotOcr2ImageProcessor`` config.
+        * ``'remote'``: the checkpoint's own remote-code class (``InternVLChatModel``), loaded by
+          ``AutoModel.from_pretrained(out_dir, trust_remote_code=True)``: ``config.json`` keeps the source's
+          ``auto_map`` and records the trained tiling in the fields the remote code reads (``max_dynamic_patch``,
+          ``min_dynamic_patch``, ``use_thumbnail``, ``force_image_size``); every ``*.py`` of the source directory
+          is copied byte for byte (:meth:`_save_remote_code`); an image is ``<image>`` in the chat template, the
+          placeholder InternVL's own ``chat`` expands. mllm_align re-loads it only when the caller passes
+          ``trust_remote_code=True`` (:func:`~mllm_align.models.hf_llava.load_hf_dir`,
+          :func:`~mllm_align.models.colva.load_colva_export`).
 
         Raises:
-            ValueError: a remote-code base (export its LLM with the remote code's own tools), or a plug-in that
-                cannot be exported.
+            ValueError: a plug-in that cannot be exported.
             FileExistsError: ``out_dir`` is not empty and not a previous export, or ``overwrite`` is False.
+            RuntimeError: (remote) the copied code lacks a module ``config.json``'s ``auto_map`` names.
         """
-        if self.format != 'hf':
-            raise ValueError(f'export_hf writes transformers InternVLForConditionalGeneration directories; this base '
-                             f'is a remote-code {type(self.vlm).__name__}, whose modelling code transformers does not '
-                             'have. Train from an HF-format checkpoint (e.g. InternVL3-1B-hf) to export.')
-        from accelerate import init_empty_weights
-        from transformers import GotOcr2ImageProcessor, InternVLForConditionalGeneration
-
-        from ..data.hf_chat_template import chat_template_jinja
-        from .hf_processor import generation_token_ids, harness_tokenizer
-
-        check_plugins_exportable(self, 'InternVLForConditionalGeneration')
-        out_dir = Path(out_dir)
-        prepare_out_dir(out_dir, overwrite)
-        template = template if template is not None else self.template
-        template_name = None
-        if template is not None:
-            from ..data.templates import get_template
-            template_name = get_template(template).name
-        out_dtype = resolve_dtype(dtype) if dtype is not None else next(self.vlm.parameters()).dtype
-        state = {k: (v.detach().to(out_dtype) if v.is_floating_point() else v.detach())
-                 for k, v in merged_state_dict(self.vlm).items()}
-        config = copy.deepcopy(self.vlm.config)
-        config.use_cache = True
-        config.dtype = out_dtype
-        with init_empty_weights():
-            hf_model = InternVLForConditionalGeneration(config)
-        missing, unexpected = hf_model.load_state_dict(state, strict=False, assign=True)
-        tied = {'lm_head.weight'} if config.tie_word_embeddings else set()
-        if unexpected or set(missing) - tied:
-            raise RuntimeError(f'Merged weights do not fit InternVLForConditionalGeneration: missing '
-                               f'{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}.')
-        hf_model.tie_weights()
-        hf_model.generation_config = copy.deepcopy(self.vlm.generation_config)
-        tokenizer = self.tokenizer
-        if tokenizer is not None:
-            for key, value in generation_token_ids(tokenizer, template_name, self.pad_token_id).items():
-                setattr(hf_model.generation_config, key, value)
-        hf_model.eval()
+        settings = dict(overwrite=overwrite, dtype=dtype, template=template, source_config=source_config,
+                        source_checkpoint=source_checkpoint, max_shard_size=max_shard_size)
         tiles = self.image_processor
-        with staged_export_dir(out_dir) as tmp_dir:
-            hf_model.save_pretrained(tmp_dir, safe_serialization=True, max_shard_size=max_shard_size)
-            saved = ['model']
-            if tokenizer is not None:
-                chat = None if template_name is None else chat_template_jinja(template_name, IMG_CONTEXT_TOKEN)
-                harness_tokenizer(tokenizer, chat).save_pretrained(tmp_dir)
-                saved.append('tokenizer')
-            GotOcr2ImageProcessor(
-                size={'height': tiles.image_size, 'width': tiles.image_size}, crop_to_patches=True,
-                min_patches=tiles.min_num_tiles, max_patches=tiles.max_num_tiles, image_mean=tiles.image_mean,
-                image_std=tiles.image_std, do_convert_rgb=True).save_pretrained(tmp_dir)
-            saved.append('image_processor')
-            plugins = export_plugins(self, tmp_dir)
-            import transformers
+        if self.format == 'hf':
+            from transformers import GotOcr2ImageProcessor, InternVLForConditionalGeneration
+
+            def save_image_processor(tmp_dir: Path) -> list[str]:
+                GotOcr2ImageProcessor(
+                    size={'height': tiles.image_size, 'width': tiles.image_size}, crop_to_patches=True,
+                    min_patches=tiles.min_num_tiles, max_patches=tiles.max_num_tiles, image_mean=tiles.image_mean,
+                    image_std=tiles.image_std, do_convert_rgb=True).save_pretrained(tmp_dir)
+                return ['image_processor']
+
             info = dict(format='transformers.InternVLForConditionalGeneration', base='internvl',
-                        source_config=None if source_config is None else str(source_config),
-                        source_checkpoint=None if source_checkpoint is None else str(source_checkpoint),
-                        dtype=str(out_dtype).replace('torch.', ''), lora_merged=sorted(self.lora_targets),
-                        template=template_name, image_token=IMG_CONTEXT_TOKEN, image_token_id=self.img_context_token_id,
-                        tiling=tiles.to_dict(), plugins=plugins, saved=saved,
-                        versions=dict(torch=torch.__version__, transformers=transformers.__version__))
-            (tmp_dir / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + '\n')
-        print_log(f'Exported InternVLForConditionalGeneration to {out_dir} ({info["dtype"]}, template '
-                  f'{template_name!r}, plug-ins {[p["name"] for p in plugins]})', logger='current', level=logging.INFO)
-        return out_dir
+                        image_token=IMG_CONTEXT_TOKEN, image_token_id=self.img_context_token_id, tiling=tiles.to_dict())
+            return export_merged_base(self, self.vlm, out_dir, InternVLForConditionalGeneration, info=info,
+                                      chat_image_token=IMG_CONTEXT_TOKEN, save_extra=save_image_processor, **settings)
+        code = sorted(p.name for p in self.source_dir.glob('*.py'))
+        info = dict(format=f'remote_code.{type(self.vlm).__name__}', base='internvl', trust_remote_code=True,
+                    code_files=code, image_token='<image>', image_context_token=IMG_CONTEXT_TOKEN,
+                    image_context_token_id=self.img_context_token_id, tiling=tiles.to_dict())
+        tiling = dict(max_dynamic_patch=tiles.max_num_tiles, min_dynamic_patch=tiles.min_num_tiles,
+                      use_thumbnail=tiles.use_thumbnail, force_image_size=tiles.image_size)
+        return export_merged_base(self, self.vlm, out_dir, type(self.vlm), info=info, chat_image_token='<image>',
+                                  save_extra=self._save_remote_code, model_kwargs=self._remote_kwargs,
+                                  config_updates=tiling, **settings)
+
+    def _save_remote_code(self, out_dir: Path) -> list[str]:
+        """Copy every ``*.py`` of the source directory into ``out_dir`` (overwriting) and check ``auto_map``.
+
+        ``save_pretrained`` of a class transformers loaded through an auto class already copies that class's
+        module and its relative imports, but from transformers' module cache and only those: a module reached
+        otherwise (a remote tokenizer, a helper imported by name) would be missing. Copying the source's files
+        makes the export carry exactly the code the source directory ships.
+
+        Raises:
+            RuntimeError: a module named in ``config.json``'s ``auto_map`` is not in ``out_dir``.
+        """
+        for path in sorted(self.source_dir.glob('*.py')):
+            shutil.copyfile(path, out_dir / path.name)
+        auto_map = json.loads((out_dir / 'config.json').read_text()).get('auto_map') or {}
+        refs = [r for v in auto_map.values() for r in (v if isinstance(v, (list, tuple)) else [v]) if r]
+        needed = {r.split('--')[-1].rsplit('.', 1)[0] + '.py' for r in refs}  # 'repo--module.Class' → module.py
+        missing = sorted(needed - {p.name for p in out_dir.glob('*.py')})
+        if missing:
+            raise RuntimeError(f"config.json's auto_map {auto_map} names {missing}, which neither "
+                               f'{str(self.source_dir)!r} nor save_pretrained provided: copy the checkpoint\'s '
+                               'remote-code files into that directory and export again.')
+        return ['code']
 
 
 def _wrap_placeholders(input_ids: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor | None, start_id: int,
@@ -540,28 +540,26 @@ def _wrap_placeholders(input_ids: torch.Tensor, valid: torch.Tensor, labels: tor
 
 
 def load_internvl_dir(path: str | os.PathLike, *, template: str | None = None, dtype: torch.dtype | str | None = None,
-                      device: str | torch.device = 'cpu') -> InternVLModel:
-    """An ``internvl`` HF directory (an export of this model, or a stock checkpoint) as a frozen
+                      device: str | torch.device = 'cpu', trust_remote_code: bool = False) -> InternVLModel:
+    """An InternVL directory (an export of this model in either format, or a stock checkpoint) as a frozen
     :class:`InternVLModel`; the loader :func:`~mllm_align.models.hf_llava.load_hf_dir` uses for
-    ``model_type='internvl'``. Exported plug-ins are re-attached in their recorded order and the export's tiling
-    is restored."""
-    from .hf_llava import attach_exported_plugins
+    ``model_type='internvl'`` and ``'internvl_chat'`` (remote code). Exported plug-ins are re-attached in their
+    recorded order and the export's tiling is restored.
 
+    Raises:
+        ValueError: the directory ships modelling code (a remote-code export) and ``trust_remote_code`` is False
+            (:func:`~mllm_align.models.hf_llava.check_remote_code_trusted`).
+    """
+    from .hf_llava import attach_exported_plugins, check_remote_code_trusted
+
+    remote = check_remote_code_trusted(path, trust_remote_code)
     info_path = Path(path) / EXPORT_INFO_NAME
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     tiling = info.get('tiling') or {}
-    model = InternVLModel(path=str(path), dtype=dtype if dtype is not None else 'float32',
+    model = InternVLModel(path=str(path), dtype=dtype if dtype is not None else 'float32', trust_remote_code=remote,
                           template=template or info.get('template'), freeze_projector=True,
                           max_num_tiles=tiling.get('max_num_tiles'), use_thumbnail=tiling.get('use_thumbnail'),
                           image_size=tiling.get('image_size'))
     if info.get('plugins'):
         attach_exported_plugins(model, path, info)
     return model.to(device).eval()
-
-
-def _register() -> None:
-    from .hf_llava import register_hf_dir_loader
-    register_hf_dir_loader('internvl', load_internvl_dir)
-
-
-_register()

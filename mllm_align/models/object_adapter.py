@@ -62,7 +62,7 @@ def mask_pool(features: torch.Tensor, weights: torch.Tensor, eps: float = POOL_E
     """``Σ m·f / (Σ m + eps)`` per object: features ``[g, g, D]`` (or ``[P, D]`` with weights ``[K, P]``) and
     weights ``[K, g, g]`` → ``[K, D]``."""
     feats = features.reshape(-1, features.shape[-1])  # (P, D)
-    w = weights.reshape(weights.shape[0], -1).to(feats.dtype)  # (K, P)
+    w = weights.flatten(1).to(feats.dtype)  # (K, P); K = 0 (no object) gives [0, D]
     if w.shape[1] != feats.shape[0]:
         raise ValueError(f'weights cover {w.shape[1]} cells, the features {feats.shape[0]}: use the same grid.')
     return (w @ feats) / (w.sum(dim=1, keepdim=True) + eps)

@@ -33,9 +33,7 @@ image i, S = Σ t·h·w patches, D LLM hidden size, V vocabulary.
 """
 from __future__ import annotations
 
-import copy
 import json
-import logging
 import os
 import re
 from dataclasses import replace
@@ -55,7 +53,7 @@ from .builders import (
     load_tokenizer,
     resolve_dtype,
 )
-from .export_dir import EXPORT_INFO_NAME, check_plugins_exportable, export_plugins, prepare_out_dir, staged_export_dir
+from .export_dir import EXPORT_INFO_NAME, export_merged_base, merged_state_dict
 from .splice import MultimodalInputs, splice_image_features
 
 __all__ = ['Qwen2VLModel', 'EXPORT_INFO_NAME', 'load_qwen2_vl_image_processor', 'load_qwen2_vl_dir', 'inject_lora',
@@ -137,28 +135,6 @@ def inject_lora(module: nn.Module, lora_cfg: Any, scope: str, config_key: str) -
     cfg.target_modules = scope + '(?:' + '|'.join(re.escape(n) for n in names) + ')'
     inject_adapter_in_model(cfg, module)
     return names
-
-
-def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """``module``'s state dict with every injected LoRA layer merged: W = W₀ + (α/r)·B·A, peft keys removed.
-
-    The module itself is not changed.
-    """
-    from peft.tuners.lora import LoraLayer
-
-    state = {}
-    for key, value in module.state_dict().items():
-        if '.lora_' in key:
-            continue
-        state[key.replace('.base_layer.', '.')] = value
-    for name, layer in module.named_modules():
-        if isinstance(layer, LoraLayer):
-            weight = state[f'{name}.weight']
-            for adapter in layer.active_adapters:
-                if adapter in layer.lora_A:
-                    weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
-            state[f'{name}.weight'] = weight
-    return state
 
 
 class Qwen2VLModel(MultimodalModel):
@@ -479,71 +455,27 @@ class Qwen2VLModel(MultimodalModel):
         ``<|vision_start|><|image_pad|><|vision_end|>``, as training placed them), the image processor,
         each plug-in's files (``plugin.export_files``) and :data:`EXPORT_INFO_NAME`
         (``{"plugins": [{"name", "class", "files"}], "template": …}``). Written to a temporary sibling
-        and renamed into place. The model is not modified.
+        and renamed into place. The model is not modified. The steps are those every one-model base shares
+        (:func:`~mllm_align.models.export_dir.export_merged_base`); the image processor is Qwen2-VL's own.
 
         Raises:
             ValueError: a plug-in that cannot be exported (``exportable`` False).
             FileExistsError: ``out_dir`` is not empty and not a previous export, or ``overwrite`` is False.
         """
-        from accelerate import init_empty_weights
         from transformers import Qwen2VLForConditionalGeneration
 
-        from ..data.hf_chat_template import chat_template_jinja
-        from .hf_processor import generation_token_ids, harness_tokenizer
+        def save_image_processor(tmp_dir: Path) -> list[str]:
+            if self.image_processor is None:
+                return []
+            self.image_processor.save_pretrained(tmp_dir)
+            return ['image_processor']
 
-        check_plugins_exportable(self, 'Qwen2VLForConditionalGeneration')
-        out_dir = Path(out_dir)
-        prepare_out_dir(out_dir, overwrite)
-        template = template if template is not None else self.template
-        template_name = None
-        if template is not None:
-            from ..data.templates import get_template
-            template_name = get_template(template).name
-        out_dtype = resolve_dtype(dtype) if dtype is not None else next(self.vlm.parameters()).dtype
-        state = {k: (v.detach().to(out_dtype) if v.is_floating_point() else v.detach())
-                 for k, v in merged_state_dict(self.vlm).items()}
-        config = copy.deepcopy(self.vlm.config)
-        config.use_cache = True
-        config.dtype = out_dtype
-        with init_empty_weights():
-            hf_model = Qwen2VLForConditionalGeneration(config)
-        missing, unexpected = hf_model.load_state_dict(state, strict=False, assign=True)
-        tied = {'lm_head.weight'} if config.tie_word_embeddings else set()
-        if unexpected or set(missing) - tied:
-            raise RuntimeError(f'Merged weights do not fit Qwen2VLForConditionalGeneration: missing '
-                               f'{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}.')
-        hf_model.tie_weights()
-        hf_model.generation_config = copy.deepcopy(self.vlm.generation_config)
-        tokenizer = self.tokenizer
-        if tokenizer is not None:
-            for key, value in generation_token_ids(tokenizer, template_name, self.pad_token_id).items():
-                setattr(hf_model.generation_config, key, value)
-        hf_model.eval()
-
-        with staged_export_dir(out_dir) as tmp_dir:
-            hf_model.save_pretrained(tmp_dir, safe_serialization=True, max_shard_size=max_shard_size)
-            saved = ['model']
-            if tokenizer is not None:
-                chat = None if template_name is None else chat_template_jinja(template_name, '<|image_pad|>')
-                harness_tokenizer(tokenizer, chat).save_pretrained(tmp_dir)
-                saved.append('tokenizer')
-            if self.image_processor is not None:
-                self.image_processor.save_pretrained(tmp_dir)
-                saved.append('image_processor')
-            plugins = export_plugins(self, tmp_dir)
-            import transformers
-            info = dict(format='transformers.Qwen2VLForConditionalGeneration', base='qwen2_vl',
-                        source_config=None if source_config is None else str(source_config),
-                        source_checkpoint=None if source_checkpoint is None else str(source_checkpoint),
-                        dtype=str(out_dtype).replace('torch.', ''), lora_merged=sorted(self.lora_targets),
-                        template=template_name, image_token='<|image_pad|>', image_token_id=self.image_token_id,
-                        plugins=plugins, saved=saved,
-                        versions=dict(torch=torch.__version__, transformers=transformers.__version__))
-            (tmp_dir / EXPORT_INFO_NAME).write_text(json.dumps(info, indent=2) + '\n')
-        print_log(f'Exported Qwen2VLForConditionalGeneration to {out_dir} ({info["dtype"]}, template '
-                  f'{template_name!r}, plug-ins {[p["name"] for p in plugins]})', logger='current',
-                  level=logging.INFO)
-        return out_dir
+        info = dict(format='transformers.Qwen2VLForConditionalGeneration', base='qwen2_vl',
+                    image_token='<|image_pad|>', image_token_id=self.image_token_id)
+        return export_merged_base(
+            self, self.vlm, out_dir, Qwen2VLForConditionalGeneration, info=info, chat_image_token='<|image_pad|>',
+            save_extra=save_image_processor, overwrite=overwrite, dtype=dtype, template=template,
+            source_config=source_config, source_checkpoint=source_checkpoint, max_shard_size=max_shard_size)
 
 
 def load_qwen2_vl_dir(path: str | os.PathLike, *, template: str | None = None, dtype: torch.dtype | str | None = None,

@@ -8,8 +8,10 @@ PART 1 only what differs between recipes, the checkpoint interval and how many t
 A fix to any hook, the environment or logging made here reaches every config. The runner keys that name
 a recipe's own parts (``custom_hooks``: chat samples, MIR) stay in the recipe.
 """
-from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.visualization import LocalVisBackend, Visualizer
+
+from mllm_align.engine.checkpoint_hook import AtomicCheckpointHook
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -24,7 +26,8 @@ default_hooks = dict(
     logger=dict(type=LoggerHook, interval=10, log_metric_by_epoch=False),
     param_scheduler=dict(type=ParamSchedulerHook),
     # interval and max_keep_ckpts: set by each recipe from its PART 1 (save_steps, save_total_limit).
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=500, max_keep_ckpts=-1,
+    # mmengine's CheckpointHook, committing in an order that never loses work (save, re-point, delete).
+    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=500, max_keep_ckpts=-1,
                     save_optimizer=save_optimizer),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )

@@ -105,7 +105,9 @@ def test_reproduces_the_onnx_backbone(real):
     print(f'\nDINOv2-S vs ONNX ({BACKBONE_OUTPUT}): max abs {diff_last:.3g}; before the final norm {diff_pre:.3g}; '
           f'|ONNX| max {np.abs(ref_last).max():.3g}; mean patch-token norms {norms}')
     assert ref_last.shape == (2, 257, 384)
-    assert diff_last < 1e-4 and diff_pre < 1e-4
+    # fp32 through 12 blocks and two runtimes' kernels: equal to 3e-5 of the largest activation (seen: 1.2e-5
+    # after the final norm on one CPU, under 1e-5 on another; a wrong weight or layout is off by O(1)).
+    assert diff_last < 3e-5 * np.abs(ref_last).max() and diff_pre < 3e-5 * np.abs(ref_pre_norm).max()
     # last_hidden_state is the final layer norm of hidden_states[-1] (which the tower's select_layer reaches).
     ln = torch.nn.functional.layer_norm(out.hidden_states[-1], (384,), model.layernorm.weight, model.layernorm.bias,
                                         model.config.layer_norm_eps)

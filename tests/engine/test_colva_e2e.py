@@ -74,12 +74,10 @@ def test_pretrain_then_sft_kill_resume_and_export(base, colva_assets, tmp_path, 
     cfg = load_config(str(REPO / SFT), {'pretrained_adapter_pth': str(pre / 'iter_6.pth'),
                                         'pretrained_pth': str(ref / f'iter_{iters}.pth')})
     model = MODELS.build(cfg.model).eval()
-    if base == 'internvl2':  # a remote-code base: transformers has no class to export it to, said clearly
-        with pytest.raises(ValueError, match='remote-code'):
-            model.export_hf(tmp_path / 'export')
-        return
     out_dir = model.export_hf(tmp_path / 'export')
-    loaded = load_colva_export(out_dir)
+    with pytest.raises(ValueError, match='trust_remote_code=True'):  # RADIO's code (and InternVL2's) runs only
+        load_colva_export(out_dir)                                   # when the caller says so
+    loaded = load_colva_export(out_dir, trust_remote_code=True)
     from mllm_align.data.mmvm_sft import MMVMSFTDataset
     ds_cfg = Config(cfg.train_dataloader.dataset.datasets[0])
     ds_cfg.pop('type')

@@ -34,14 +34,14 @@ def test_launcher_alive_follows_the_parent(monkeypatch):
 
 
 def test_atomic_write_commits_nothing_once_the_launcher_is_gone(tmp_path, monkeypatch):
-    from mllm_align.engine.checkpoint import _atomic_write
+    from mllm_align.engine.checkpoint import atomic_write
     target = tmp_path / 'iter_4.pth'
     monkeypatch.setenv(distributed.LAUNCHER_PID_ENV, str(os.getppid() + 1))
     with pytest.raises(distributed.LauncherGoneError):
-        _atomic_write(b'weights', target)
+        atomic_write(b'weights', target)
     assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor its temp file
     monkeypatch.setenv(distributed.LAUNCHER_PID_ENV, str(os.getppid()))
-    _atomic_write(b'weights', target)
+    atomic_write(b'weights', target)
     assert target.read_bytes() == b'weights'
 
 

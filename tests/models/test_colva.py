@@ -146,6 +146,16 @@ def test_sft_loss_trains_lora_only_and_predict_answers(qwen_dir, radio_dir, sft_
     assert len(out) == 2 and all(isinstance(o['prediction'], str) for o in out)
 
 
+def test_training_the_expert_needs_an_expert_built_unfrozen(qwen_dir, radio_dir):
+    with pytest.raises(ValueError, match=r'freeze_expert=False .* set model.expert.freeze=False too'):
+        CoLVAModel(base=_base_cfg(qwen_dir), expert=_expert_cfg(radio_dir), stage='sft', freeze_expert=False)
+    model = CoLVAModel(base=_base_cfg(qwen_dir), expert=dict(_expert_cfg(radio_dir), freeze=False), stage='sft',
+                       freeze_expert=False).train()
+    assert model.expert.training and all(p.requires_grad for p in model.expert.parameters())
+    model(_sft_batch(model), mode='loss')['loss_lm'].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.expert.parameters())
+
+
 def test_object_token_count_mismatch_and_vanishing_masks_name_the_sample(sft_model):
     data = _sft_batch(sft_model)
     data['expert_masks'][1] = data['expert_masks'][1][:1]
@@ -235,7 +245,27 @@ def test_adapter_hand_off_and_export_round_trip(qwen_dir, radio_dir, sft_model, 
         model.load_adapter(tmp_path / 'iter_1.pth')
     out_dir = model.export_hf(tmp_path / 'export')
     assert (out_dir / ADAPTER_FILE).is_file()
-    loaded = load_colva_export(out_dir)
+    with pytest.raises(ValueError, match=r'vision expert loaded with its own modelling code.*trust_remote_code=True'):
+        load_colva_export(out_dir)  # the recorded RADIO stand-in runs remote code: only when the caller says so
+    loaded = load_colva_export(out_dir, trust_remote_code=True)
+    data = _sft_batch(model)
+    with torch.no_grad():
+        want = model(data, mode='tensor')
+        got = loaded(data, mode='tensor')
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_export_round_trip_on_the_remote_code_internvl_base(internvl_sft_model, radio_dir, tmp_path):
+    model = internvl_sft_model
+    out_dir = model.export_hf(tmp_path / 'export')
+    assert (out_dir / ADAPTER_FILE).is_file() and sorted(p.name for p in out_dir.glob('*.py')) == [
+        'configuration_tiny_internvl.py', 'modeling_tiny_internvl.py']
+    with pytest.raises(ValueError, match=r'load_colva_export\(path, trust_remote_code=True\)'):
+        load_colva_export(out_dir)  # the base's code in the directory (and RADIO's) runs only when asked
+    with pytest.raises(ValueError, match=r'ships its own modelling code.*trust_remote_code=True'):
+        load_colva_export(out_dir, expert=_expert_cfg(radio_dir))  # the expert given: the base's code still asks
+    loaded = load_colva_export(out_dir, trust_remote_code=True)
+    assert loaded.base.format == 'remote' and loaded.vpt_token_id == model.vpt_token_id
     data = _sft_batch(model)
     with torch.no_grad():
         want = model(data, mode='tensor')

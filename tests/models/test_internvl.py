@@ -8,7 +8,9 @@ thumbnail) of different sizes.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,8 @@ from PIL import Image
 from mllm_align.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mllm_align.data import encode_conversation, llava_collate_fn
 from mllm_align.data.internvl_tiles import IMAGENET_MEAN, IMAGENET_STD, InternVLTileProcessor, candidate_grids
+from mllm_align.engine.checkpoint import add_trust_remote_code_argument
+from mllm_align.models.hf_llava import TRUST_REMOTE_CODE_ENV
 from mllm_align.models.internvl import InternVLModel
 
 QUESTIONS = ('What is it?', 'Describe the picture in detail.')
@@ -299,17 +303,23 @@ def test_bad_inputs_name_the_sample_and_the_fix(models):
 
 
 # ------------------------------------------------------------------------------ export
-def test_export_round_trip_gives_the_same_logits(dirs, models, tmp_path):
+def _trained_lora_model(**kw) -> InternVLModel:
+    """A LoRA model whose adapters changed the logits (LoRA B starts at 0, so the merge would not matter)."""
+    torch.manual_seed(0)
+    m = InternVLModel(max_num_tiles=4, **kw).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if 'lora_B' in name:
+                p.normal_(0, 0.05)
+    return m
+
+
+def test_export_round_trip_gives_the_same_logits(dirs, tmp_path):
     from transformers import InternVLForConditionalGeneration
 
     from mllm_align.models import load_hf_dir
 
-    torch.manual_seed(0)
-    m = InternVLModel(path=str(dirs['hf']), max_num_tiles=4, llm_lora=dict(r=4, lora_alpha=8)).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if 'lora_B' in name:
-                p.normal_(0, 0.05)  # LoRA B starts at 0: make the merge matter
+    m = _trained_lora_model(path=str(dirs['hf']), llm_lora=dict(r=4, lora_alpha=8))
     batch = _batch(m)
     ids, mask = _expanded_ids(m, batch)
     out = m.export_hf(tmp_path / 'export')
@@ -323,5 +333,61 @@ def test_export_round_trip_gives_the_same_logits(dirs, models, tmp_path):
     valid = mask.bool()
     torch.testing.assert_close(theirs[valid], ours[valid], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(again[valid], ours[valid], rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match='remote-code TinyInternVLChatModel'):
-        models['remote'].export_hf(tmp_path / 'remote')
+
+
+def test_remote_export_loads_with_its_own_code_and_gives_the_same_logits(dirs, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModel
+
+    from mllm_align.data.hf_chat_template import chat_template_jinja
+    from mllm_align.models import load_hf_dir
+
+    m = _trained_lora_model(path=str(dirs['remote']), trust_remote_code=True, llm_lora=dict(r=4, lora_alpha=8),
+                            visual_encoder_lora=dict(r=2, lora_alpha=4))
+    batch = _batch(m)
+    ids, mask = _expanded_ids(m, batch)
+    out = m.export_hf(tmp_path / 'export')
+    source_config = json.loads((dirs['remote'] / 'config.json').read_text())
+    config = json.loads((out / 'config.json').read_text())
+    assert config['auto_map'] == source_config['auto_map'] and config['max_dynamic_patch'] == 4
+    for code in dirs['remote'].glob('*.py'):
+        assert (out / code.name).read_bytes() == code.read_bytes()
+    info = json.loads((out / 'mllm_align_export.json').read_text())
+    assert info['lora_merged'] == ['llm', 'visual'] and info['template'] == 'phi3' and info['trust_remote_code']
+    assert info['saved'] == ['model', 'tokenizer', 'code'] and info['tiling']['max_num_tiles'] == 4
+    stops = [m.tokenizer.convert_tokens_to_ids(t) for t in ('<|end|>', '<|endoftext|>')]
+    generation = json.loads((out / 'generation_config.json').read_text())
+    assert sorted(generation['eos_token_id']) == sorted(stops) and generation['pad_token_id'] == m.pad_token_id
+    assert (out / 'chat_template.jinja').read_text() == chat_template_jinja('phi3', '<image>')  # InternVL's chat()
+    with safe_open(str(out / 'model.safetensors'), 'pt') as f:
+        keys = set(f.keys())
+    assert keys == set(AutoModel.from_pretrained(str(dirs['remote']), trust_remote_code=True).state_dict())
+    with pytest.raises(ValueError, match=r"ships its own modelling code.*pass trust_remote_code=True: "
+                                         r'load_hf_dir\(path, trust_remote_code=True\)'):
+        load_hf_dir(out)
+    theirs_model = AutoModel.from_pretrained(str(out), trust_remote_code=True).eval()
+    theirs_model.img_context_token_id = m.img_context_token_id  # InternVL's chat() sets it; its forward reads it
+    again = load_hf_dir(out, trust_remote_code=True)
+    assert again.format == 'remote' and again.image_processor.to_dict() == m.image_processor.to_dict()
+    parser = argparse.ArgumentParser()  # the tools' --trust-remote-code: the same permission, for every process
+    add_trust_remote_code_argument(parser)
+    assert TRUST_REMOTE_CODE_ENV not in os.environ
+    try:
+        assert parser.parse_args(['--trust-remote-code']).trust_remote_code and os.environ[TRUST_REMOTE_CODE_ENV] == '1'
+        assert load_hf_dir(out).format == 'remote'
+    finally:
+        del os.environ[TRUST_REMOTE_CODE_ENV]
+    with torch.no_grad():
+        ours = m(batch, mode='tensor')
+        theirs = theirs_model(pixel_values=batch['pixel_values'], input_ids=ids, attention_mask=mask).logits
+        reloaded = again(batch, mode='tensor')
+    valid = mask.bool()
+    torch.testing.assert_close(theirs[valid], ours[valid], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(reloaded[valid], ours[valid], rtol=1e-4, atol=1e-4)
+
+
+def test_internvl_hf_dir_loaders_are_registered_by_dotted_path():
+    from mllm_align.models import hf_llava  # so load_hf_dir (tools/eval_mir.py) finds them without importing internvl
+
+    for model_type in ('internvl', 'internvl_chat'):
+        assert hf_llava._HF_DIR_LOADERS[model_type] == 'mllm_align.models.internvl:load_internvl_dir'

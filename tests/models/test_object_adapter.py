@@ -41,6 +41,7 @@ def test_mask_pool_by_hand_and_after_the_adapter():
     assert torch.allclose(mask_pool(adapted, w.float())[0], mean_of_cells * 2 / (2 + POOL_EPS), atol=1e-6)
     with pytest.raises(ValueError, match='same grid'):
         mask_pool(f, torch.ones(1, 3, 3))
+    assert mask_pool(f, torch.zeros(0, 2, 2, dtype=torch.float64)).shape == (0, 2)  # an image without objects
 
 
 def test_contrastive_loss_by_hand():

@@ -107,6 +107,24 @@ def test_logits_and_mrope_positions_equal_hf_forward(model):
     torch.testing.assert_close(logits[valid], ref[valid], rtol=1e-5, atol=1e-5)
 
 
+def test_image_token_grids_are_the_rows_and_columns_of_hf_mrope_positions(model):
+    """CoLVA pools masks over ``image_token_grids``: (h, w) must be how HF itself lays the image tokens out."""
+    batch = _batch(model)
+    grids = model.image_token_grids(batch)
+    assert grids == [(4, 4), (3, 5)]  # 8×8 and 6×10 patches, merged 2×2
+    hf_ids, hf_mask = _hf_inputs(model, batch)
+    with torch.no_grad():
+        pos, _ = model.vlm.model.get_rope_index(hf_ids, batch['image_grid_thw'], None, hf_mask)
+    for b, (h, w) in enumerate(grids):
+        img = pos[:, b, hf_ids[b] == model.image_token_id]  # [3, P_b]: (t, row, column) + offset, in token order
+        assert img.shape[1] == h * w
+        rows, cols = img[1] - img[1].min(), img[2] - img[2].min()
+        assert torch.equal(rows, torch.arange(h).repeat_interleave(w)) and torch.equal(cols, torch.arange(w).repeat(h))
+    video = dict(batch, image_grid_thw=torch.tensor([[2, 8, 8]]))
+    with pytest.raises(ValueError, match='t = 2'):
+        model.image_token_grids(video)
+
+
 def test_loss_matches_cross_entropy_and_keeps_only_supervised_logits(model):
     batch = _batch(model)
     hf_ids, hf_mask = _hf_inputs(model, batch)

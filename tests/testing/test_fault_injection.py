@@ -66,23 +66,23 @@ def test_checkpoint_fault_hook_from_env():
 
 
 def test_enospc_fault_on_matching_checkpoints_and_rank(monkeypatch, tmp_path):
-    from mllm_align.engine.checkpoint import _atomic_write, checkpoint_write_hook
+    from mllm_align.engine.checkpoint import atomic_write, checkpoint_write_hook
     monkeypatch.setenv('RANK', '0')
     fault = fi.CheckpointWriteFault('enospc', 'iter_4.pth')
     fault(tmp_path / 'iter_2.pth')  # another file: no-op
     with pytest.raises(OSError) as info:
         fault(tmp_path / 'iter_4.pth')
     assert info.value.errno == errno.ENOSPC
-    _atomic_write(b'x', tmp_path / 'iter_4.pth')  # not registered: no fault
+    atomic_write(b'x', tmp_path / 'iter_4.pth')  # not registered: no fault
     (tmp_path / 'iter_4.pth').unlink()
     with checkpoint_write_hook(fault):
         with pytest.raises(OSError) as info:
-            _atomic_write(b'x' * 1000, tmp_path / 'iter_4.pth')
+            atomic_write(b'x' * 1000, tmp_path / 'iter_4.pth')
         assert info.value.errno == errno.ENOSPC and 'iter_4.pth' in str(info.value)
         assert list(tmp_path.iterdir()) == []  # the temp file is removed, nothing committed
-        _atomic_write(b'two', tmp_path / 'iter_2.pth')  # another name is written
+        atomic_write(b'two', tmp_path / 'iter_2.pth')  # another name is written
     with checkpoint_write_hook(fi.CheckpointWriteFault('enospc', 'iter_4.pth', rank=1)):
-        _atomic_write(b'ok', tmp_path / 'iter_4.pth')  # rank 0 is spared
+        atomic_write(b'ok', tmp_path / 'iter_4.pth')  # rank 0 is spared
     assert (tmp_path / 'iter_4.pth').read_bytes() == b'ok' and (tmp_path / 'iter_2.pth').read_bytes() == b'two'
     with pytest.raises(ValueError, match="'pause:PATTERN' or 'enospc:PATTERN'"):
         fi.CheckpointWriteFault('explode', 'iter_4.pth')
@@ -104,13 +104,13 @@ def test_fault_hook_registers_for_the_run_only(monkeypatch, tmp_path):
 
 
 def test_pause_fault_holds_the_write_until_released(monkeypatch, tmp_path):
-    from mllm_align.engine.checkpoint import _atomic_write, checkpoint_write_hook
+    from mllm_align.engine.checkpoint import atomic_write, checkpoint_write_hook
     work, faults = tmp_path / 'work', tmp_path / 'faults'
     with pytest.raises(ValueError, match='needs MLLM_ALIGN_FAULT_DIR'):
         fi.CheckpointWriteFault('pause', 'iter_*.pth')
     monkeypatch.setenv('RANK', '0')
     with checkpoint_write_hook(fi.CheckpointWriteFault('pause', 'iter_*.pth', fault_dir=faults)):
-        writer = threading.Thread(target=_atomic_write, args=(b'w' * 100, work / 'iter_2.pth'))
+        writer = threading.Thread(target=atomic_write, args=(b'w' * 100, work / 'iter_2.pth'))
         writer.start()
         marker = faults / 'paused.iter_2.pth.rank0'
         for _ in range(200):
