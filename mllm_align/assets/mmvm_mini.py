@@ -126,6 +126,33 @@ def _layout(sizes: Sequence[tuple[int, int]], rng: np.random.Generator, margin: 
     raise ValueError(f'could not lay out {len(sizes)} objects on a {cw}×{ch} canvas')
 
 
+def _candidates(query: _Obj, coins: Sequence[_Obj], others: Sequence[int], present: bool, k: int,
+                rng: np.random.Generator) -> tuple[list[_Obj], list[str]]:
+    """The ``k`` candidate objects of a case and the distractor kind of each non-match (in draw order).
+
+    With ``present``, the match comes first: the query again, rescaled by ±5 % and turned by ±5°. Each distractor is
+    ``TM`` another coin (``others`` in turn), ``CL`` the query recoloured, ``OO`` the query turned by 60–300°, or
+    ``SZ`` the query at 0.55× or 1.7×.
+    """
+    objs, kinds = [], []
+    if present:
+        objs.append(_transform(query, scale=float(rng.uniform(0.95, 1.05)), angle=float(rng.uniform(-5, 5))))
+    other = iter(others)
+    while len(objs) < k:
+        kind = str(rng.choice(list(KINDS)))
+        kinds.append(kind)
+        if kind == 'TM':
+            objs.append(_transform(coins[next(other)], scale=float(rng.uniform(0.9, 1.3)),
+                                   angle=float(rng.uniform(0, 360))))
+        elif kind == 'CL':
+            objs.append(_transform(query, tint=tuple(float(x) for x in rng.uniform(0.35, 1.4, size=3))))
+        elif kind == 'OO':
+            objs.append(_transform(query, angle=float(rng.uniform(60, 300))))
+        else:
+            objs.append(_transform(query, scale=float(rng.choice([0.55, 1.7]))))
+    return objs, kinds
+
+
 def _paste(canvas: np.ndarray, obj: _Obj, xy: tuple[int, int]) -> np.ndarray:
     """Paste; return the object's full-canvas mask."""
     x, y = xy
@@ -182,22 +209,8 @@ def build_mmvm_mini(members: dict[str, bytes], out_dir: str | Path, num_cases: i
             {'id': 0, 'segmentation': _rle(qmask)}]}))
         # FRAME01: candidates
         present = bool(rng.random() < 0.8)
-        objs, kinds = [], set()
-        if present:
-            objs.append(_transform(query, scale=float(rng.uniform(0.95, 1.05)), angle=float(rng.uniform(-5, 5))))
-        other = iter(others)
-        while len(objs) < k:
-            kind = str(rng.choice(list(KINDS)))
-            kinds.add(kind)
-            if kind == 'TM':
-                objs.append(_transform(coins[next(other)], scale=float(rng.uniform(0.9, 1.3)),
-                                       angle=float(rng.uniform(0, 360))))
-            elif kind == 'CL':
-                objs.append(_transform(query, tint=tuple(float(x) for x in rng.uniform(0.35, 1.4, size=3))))
-            elif kind == 'OO':
-                objs.append(_transform(query, angle=float(rng.uniform(60, 300))))
-            else:
-                objs.append(_transform(query, scale=float(rng.choice([0.55, 1.7]))))
+        objs, drawn = _candidates(query, coins, others, present, k, rng)
+        kinds = set(drawn)
         ids = assign_ids(k, rng)  # ids[j]: the tag of object j
         frame1 = _background(backgrounds[b1], rng)
         corners = _layout([o.mask.shape[::-1] for o in objs], rng)

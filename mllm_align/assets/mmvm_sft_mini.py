@@ -30,9 +30,9 @@ from PIL import Image
 from ..metrics.mmvm import MATCH_TYPES
 from .mmvm_mini import (
     BACKGROUNDS,
-    KINDS,
     SKIMAGE_MEMBERS,
     _background,
+    _candidates,
     _layout,
     _paste,
     _rle,
@@ -84,22 +84,7 @@ def build_mmvm_sft_mini(members: dict[str, bytes], out_dir: str | Path, num_samp
         (qx, qy), = _layout([query.mask.shape[::-1]], rng, margin=30)
         qmask = _paste(frame0, query, (qx, qy))
         present = bool(rng.random() < 0.8)
-        objs, kinds = [], []
-        if present:
-            objs.append(_transform(query, scale=float(rng.uniform(0.95, 1.05)), angle=float(rng.uniform(-5, 5))))
-        other = iter(others)
-        while len(objs) < k:
-            kind = str(rng.choice(list(KINDS)))
-            kinds.append(kind)
-            if kind == 'TM':
-                objs.append(_transform(coins[next(other)], scale=float(rng.uniform(0.9, 1.3)),
-                                       angle=float(rng.uniform(0, 360))))
-            elif kind == 'CL':
-                objs.append(_transform(query, tint=tuple(float(x) for x in rng.uniform(0.35, 1.4, size=3))))
-            elif kind == 'OO':
-                objs.append(_transform(query, angle=float(rng.uniform(60, 300))))
-            else:
-                objs.append(_transform(query, scale=float(rng.choice([0.55, 1.7]))))
+        objs, kinds = _candidates(query, coins, others, present, k, rng)
         frame1 = _background(backgrounds[b1], rng)
         corners = _layout([o.mask.shape[::-1] for o in objs], rng)
         masks = [_paste(frame1, o, xy) for o, xy in zip(objs, corners)]

@@ -63,7 +63,7 @@ from .base import MultimodalModel, accepts_logits_to_keep
 from .builders import check_attn_implementation, check_model_dir, load_tokenizer, resolve_dtype
 from .export_dir import EXPORT_INFO_NAME, export_merged_base
 from .qwen2_vl import inject_lora
-from .splice import MultimodalInputs, splice_image_features
+from .splice import MultimodalInputs, placeholder_fields, splice_image_features
 
 __all__ = ['InternVLModel', 'IMG_START_TOKEN', 'IMG_END_TOKEN', 'IMG_CONTEXT_TOKEN', 'internvl_checkpoint_format',
            'load_internvl_dir']
@@ -396,14 +396,7 @@ class InternVLModel(MultimodalModel):
             ValueError: placeholders and images disagree in number (naming each sample's placeholders and both
                 totals); ``<img>``, ``</img>`` or ``<IMG_CONTEXT>`` typed in the text (naming the sample).
         """
-        input_ids = data['input_ids']
-        attention_mask = data.get('attention_mask')
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        valid = attention_mask.bool()
-        sample_ids = data.get('sample_ids')
-        names = list(sample_ids) if sample_ids is not None else list(range(input_ids.shape[0]))
-        is_image = (input_ids == IMAGE_TOKEN_INDEX) & valid
+        input_ids, valid, is_image, names = placeholder_fields(data)
         pixel_values, num_tiles = data.get('pixel_values'), data.get(NUM_TILES_KEY)
         if pixel_values is None:
             num_images = 0
@@ -428,7 +421,7 @@ class InternVLModel(MultimodalModel):
         if num_images:
             features = self.get_image_features(pixel_values, num_tiles=num_tiles)
         return splice_image_features(ids, mask, self.input_embeddings, features, labels=labels,
-                                     pad_token_id=self.pad_token_id, padding_side=padding_side, sample_ids=sample_ids)
+                                     pad_token_id=self.pad_token_id, padding_side=padding_side, sample_ids=names)
 
     # ------------------------------------------------------------------ export
     def export_hf(self, out_dir: str | os.PathLike, overwrite: bool = False, dtype: str | torch.dtype | None = None,

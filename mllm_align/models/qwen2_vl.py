@@ -54,7 +54,7 @@ from .builders import (
     resolve_dtype,
 )
 from .export_dir import EXPORT_INFO_NAME, export_merged_base, merged_state_dict
-from .splice import MultimodalInputs, splice_image_features
+from .splice import MultimodalInputs, placeholder_fields, splice_image_features
 
 __all__ = ['Qwen2VLModel', 'EXPORT_INFO_NAME', 'load_qwen2_vl_image_processor', 'load_qwen2_vl_dir', 'inject_lora',
            'merged_state_dict']
@@ -335,14 +335,7 @@ class Qwen2VLModel(MultimodalModel):
                 and both totals), a placeholder not preceded by ``<|vision_start|>``, or ``<|image_pad|>``
                 typed in the text.
         """
-        input_ids = data['input_ids']
-        attention_mask = data.get('attention_mask')
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        valid = attention_mask.bool()
-        sample_ids = data.get('sample_ids')
-        names = list(sample_ids) if sample_ids is not None else list(range(input_ids.shape[0]))
-        is_image = (input_ids == IMAGE_TOKEN_INDEX) & valid
+        input_ids, valid, is_image, names = placeholder_fields(data)
         pixel_values, grid = data.get('pixel_values'), data.get('image_grid_thw')
         num_images = 0 if pixel_values is None or grid is None else int(grid.shape[0])
         if pixel_values is not None and grid is None:
@@ -354,9 +347,9 @@ class Qwen2VLModel(MultimodalModel):
                              f'{num_images} images (image_grid_thw rows): every <image> needs exactly one image.')
         self._check_vision_start(input_ids, is_image, valid, names)
         features = None if num_images == 0 else self.get_image_features(pixel_values, image_grid_thw=grid)
-        inputs = splice_image_features(input_ids, attention_mask, self.input_embeddings, features,
+        inputs = splice_image_features(input_ids, valid, self.input_embeddings, features,
                                        labels=data.get('labels'), pad_token_id=self.pad_token_id,
-                                       padding_side=padding_side, sample_ids=sample_ids)
+                                       padding_side=padding_side, sample_ids=names)
         positions = self.rope_positions(inputs.input_ids, inputs.attention_mask, grid if num_images else None)
         return replace(inputs, position_ids=positions)
 

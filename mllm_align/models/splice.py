@@ -85,6 +85,18 @@ def _split_parent(feats: list[torch.Tensor]) -> torch.Tensor | None:
     return base.reshape(-1, feats[0].shape[-1])  # (S, D), a view: gradients reach the encoder as before
 
 
+def placeholder_fields(data: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Any]]:
+    """What a base's ``prepare_inputs`` reads first from a collated batch: ``input_ids [B, T]``, the valid-token mask
+    (all True when the batch has no ``attention_mask``), the placeholder mask (``IMAGE_TOKEN_INDEX`` at valid
+    positions) and each sample's name for errors (its ``sample_ids`` entry, else its index)."""
+    input_ids = data['input_ids']
+    attention_mask = data.get('attention_mask')
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    sample_ids = data.get('sample_ids')
+    names = list(sample_ids) if sample_ids is not None else list(range(input_ids.shape[0]))
+    return input_ids, valid, (input_ids == IMAGE_TOKEN_INDEX) & valid, names
+
+
 def splice_image_features(input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           embed_tokens: torch.nn.Module,
                           image_features: torch.Tensor | Sequence[torch.Tensor] | None,
