@@ -51,7 +51,9 @@ TWIN_MAY_DIFFER = (
     '*dataset.max_length', '*dataset.num_image_tokens', 'model.max_new_tokens',
     '*image_processor.min_pixels', '*image_processor.max_pixels',  # Qwen2-VL's dynamic resolution
     'train_dataloader.batch_size', 'train_dataloader.sampler.per_device_batch_size',
-    'train_dataloader.num_workers', 'train_dataloader.persistent_workers', 'custom_hooks.*.eval_num',
+    'train_dataloader.num_workers', 'train_dataloader.persistent_workers', 'train_dataloader.pin_memory',
+    'train_dataloader.prefetch_factor',
+    'custom_hooks.*.eval_num',
     # precision (fp32, plain OptimWrapper) and the lr a tiny random model needs
     'model.llm.dtype', 'model.visual_encoder.dtype', 'model.llm.attn_implementation',
     'model.dtype', 'model.attn_implementation',

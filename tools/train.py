@@ -33,6 +33,9 @@ also stops when the launcher dies (SIGKILL included), and writes no checkpoint a
 For the fault-injection tests only: MLLM_ALIGN_CRASH_AT_ITER / MLLM_ALIGN_CKPT_FAULT (and the variables
 that go with them, mllm_align/testing/fault_injection.py) add that module's crash or checkpoint-write
 hook to the config's custom_hooks. Without them mllm_align.testing is not imported.
+
+Start-up: a run without --deepspeed never imports deepspeed (mllm_align/lazy_imports.py); the time to the
+first iteration and where it goes: benchmarks/bench_startup.py, docs/benchmarks.md ("Start-up").
 """
 from __future__ import annotations
 
@@ -43,6 +46,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Before the first mmengine.runner import (mllm_align.engine below): a run without --deepspeed does not import
+# deepspeed through mmengine's strategy module (~0.3 s; mllm_align/lazy_imports.py says why it is done this way).
+from mllm_align.lazy_imports import argv_asks_for_deepspeed, defer_mmengine_deepspeed_import  # noqa: E402
+
+if not argv_asks_for_deepspeed(sys.argv[1:]):
+    defer_mmengine_deepspeed_import()
 
 from mllm_align.engine.checkpoint import add_trust_checkpoint_argument  # noqa: E402
 from mllm_align.engine.config_overrides import CfgOptionsAction  # noqa: E402

@@ -1,7 +1,8 @@
 """mmengine's DeepSpeedStrategy made to work with DeepSpeed 0.19 and to save checkpoints atomically.
 
 Imported by :func:`mllm_align.engine.launch.build_runner` only for ``--deepspeed`` runs (it imports
-deepspeed). What it changes:
+deepspeed, and hands it to mmengine's strategy module where ``tools/train.py`` deferred that import:
+:mod:`mllm_align.lazy_imports`). What it changes:
 
 * **Optimizer registration.** mmengine 0.10.7's strategy registers DeepSpeed's 1-bit optimizers from
   ``deepspeed.runtime.fp16.onebit``, which DeepSpeed 0.19 no longer has: building the strategy failed
@@ -36,8 +37,11 @@ from mmengine.dist import barrier, is_main_process
 from mmengine.registry import OPTIMIZERS, STRATEGIES
 
 from ..checkpoint_io import check_checkpoint_safe, deepspeed_safe_globals, weights_only_torch_load
+from ..lazy_imports import bind_deepspeed_into_mmengine
 from .checkpoint import run_checkpoint_write_hooks
 from .distributed import check_launcher_alive
+
+bind_deepspeed_into_mmengine()  # where tools/train.py deferred mmengine's `import deepspeed` (lazy_imports.py)
 
 PARTIAL_SUFFIX = '.partial'
 

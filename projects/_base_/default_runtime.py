@@ -12,11 +12,17 @@ from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, Param
 from mmengine.visualization import LocalVisBackend, Visualizer
 
 from mllm_align.engine.checkpoint_hook import AtomicCheckpointHook
+from mllm_align.engine.hooks.data_workers_hook import ReleaseDataWorkersHook
+from mllm_align.loader_workers import default_num_workers  # light: os only, no package import
 
 #######################################################################
 #                          PART 1  Settings                           #
 #######################################################################
 save_optimizer = True  # in every checkpoint: needed for exact --resume
+# DataLoader workers per rank, the recipes' (and twins') `dataloader_num_workers`: with a GPU max(1, min(4, cores per
+# rank - 1)) from this machine's cores and the launch's LOCAL_WORLD_SIZE; 0 on a CPU-only machine, where the step has
+# every core (the rule and why: mllm_align/loader_workers.py).
+default_dataloader_workers = default_num_workers.build()()  # config imports are mmengine LazyObjects: build, call
 
 #######################################################################
 #                           PART 5  Runtime                           #
@@ -30,6 +36,7 @@ default_hooks = dict(
     checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=500, max_keep_ckpts=-1,
                     save_optimizer=save_optimizer),
     sampler_seed=dict(type=DistSamplerSeedHook),
+    data_workers=dict(type=ReleaseDataWorkersHook),  # persistent DataLoader workers stopped before the exit
 )
 env_cfg = dict(
     cudnn_benchmark=False,

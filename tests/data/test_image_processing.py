@@ -79,3 +79,53 @@ def test_process_images_scales_16_bit_and_composites_alpha():
     torch.testing.assert_close(fill[0], ref[1], rtol=0, atol=0)
     with pytest.raises(ValueError, match='alpha_background'):
         process_images([clear], proc, alpha_background=(1, 2))
+
+
+# ------------------------------------------------------------------------------ CLIP without the processor call
+CLIP_L_336 = dict(size={'shortest_edge': 336}, crop_size={'height': 336, 'width': 336},
+                  image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+
+
+@pytest.mark.parametrize('settings', [
+    CLIP_L_336,  # LLaVA-1.5's tower
+    dict(CLIP_L_336, size={'shortest_edge': 224}, crop_size={'height': 224, 'width': 224}),
+    dict(CLIP_L_336, size={'shortest_edge': 40}, crop_size={'height': 33, 'width': 31}, resample=2),
+])
+def test_clip_fast_path_is_bitwise_equal_to_the_processor(settings):
+    from mllm_align.data.image_processing import clip_fast_path
+    proc = CLIPImageProcessor(**settings)
+    fast = clip_fast_path(proc)
+    assert fast is not None and clip_fast_path(proc) is fast  # built once, kept on the processor
+    rng = np.random.default_rng(0)
+    for width, height in [(640, 480), (480, 640), (500, 333), (1024, 768), (336, 336), (77, 1000), (5, 9)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        got = process_images([image], proc, pad_to_square=width != 500)  # fast path
+        padded = expand2square(image, background_color(proc)) if width != 500 else image
+        want = proc([padded], return_tensors='np')['pixel_values']
+        assert got.dtype == torch.float32 and got.is_contiguous()
+        np.testing.assert_array_equal(got.numpy(), want)  # bitwise, not to a tolerance
+
+
+def test_clip_fast_path_only_for_settings_it_reproduces(monkeypatch):
+    from mllm_align.data.image_processing import clip_fast_path
+    assert clip_fast_path(CLIPImageProcessor(**CLIP_L_336)) is not None
+    for settings in [dict(do_center_crop=False), dict(do_normalize=False), dict(do_rescale=False),
+                     dict(size={'height': 336, 'width': 336}), dict(crop_size={'height': 400, 'width': 400}),
+                     dict(image_mean=0.5, image_std=0.5)]:
+        assert clip_fast_path(CLIPImageProcessor(**dict(CLIP_L_336, **settings))) is None, settings
+    assert clip_fast_path(SiglipImageProcessor()) is None and clip_fast_path(BitImageProcessor()) is None
+
+    class Custom(CLIPImageProcessor):
+        pass
+    assert clip_fast_path(Custom(**CLIP_L_336)) is None
+    # a processor the path does not cover is still called, and tiny images always go to it
+    proc = CLIPImageProcessor(**dict(CLIP_L_336, do_center_crop=False, size={'height': 8, 'width': 8}))
+    calls = []
+    original = CLIPImageProcessor.__call__
+    monkeypatch.setattr(CLIPImageProcessor, '__call__',
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    assert process_images([Image.new('RGB', (20, 10))], proc).shape == (1, 3, 8, 8) and calls == [1]
+    process_images([Image.new('RGB', (3, 3))], CLIPImageProcessor(**CLIP_L_336))
+    assert calls == [1, 1]
+    process_images([Image.new('RGB', (30, 20))], CLIPImageProcessor(**CLIP_L_336))
+    assert calls == [1, 1]  # the fast path

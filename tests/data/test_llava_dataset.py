@@ -480,3 +480,99 @@ def test_qwen2_vl_truncation_counts_each_images_own_tokens(tmp_path, image_dir):
     short = make(tmp_path, image_dir, item, name='short.json', tokenizer=tok, template='qwen2_vl',
                  image_processor=qwen2_vl_processor(), pad_image_to_square=False, max_length=budget - 2)
     assert short[0]['notices'] == {'truncated': 1} and len(short[0]['input_ids']) == len(ids) - 2
+
+
+# ------------------------------------------------------------------------------ tokenised-text cache
+def _same_items(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def _cache_mix() -> list[dict]:
+    bad = [BAD_CASES[c][0] for c in ('missing_image', 'empty_reply', 'too_long', 'reply_truncated_away')]
+    long = {'id': 'long', 'conversations': conv('Hello there!', ' '.join(['circle'] * 60))}  # truncated notice
+    again = [dict(g, id=g['id'] + 'b') for g in GOOD]
+    return GOOD + [dict(b, id=f'bad{i}') for i, b in enumerate(bad)] + [long] + again
+
+
+def test_text_cache_gives_the_uncached_items(tmp_path, image_dir, monkeypatch):
+    items = _cache_mix()
+    plain = make(tmp_path, image_dir, items, on_bad_sample='skip', max_length=40, text_cache_mib=0)
+    want = [plain[i] for i in range(len(items))]
+    counting = CountingTokenizer(tiny())
+    ds = make(tmp_path, image_dir, items, on_bad_sample='skip', max_length=40, tokenizer=counting)
+    for i in range(len(items)):
+        _same_items(ds[i], want[i])
+    assert any('skipped' in x for x in want) and any('notices' in x for x in want)  # the mix covers both
+    calls, parsed = counting.calls, []
+    real_loads = json_index.json.loads
+    monkeypatch.setattr(json_index.json, 'loads', lambda *a, **k: parsed.append(1) or real_loads(*a, **k))
+    for i in reversed(range(len(items))):  # another epoch, another order
+        _same_items(ds[i], want[i])
+    # good text is neither re-parsed nor re-tokenised; a text-bad sample (empty_reply) is parsed each time it is met
+    assert counting.calls == calls and len(parsed) == plain.skip_counts['empty_reply'] and ds.text_cache.hits > 0
+    assert ds.skip_counts == {cause: 2 * n for cause, n in plain.skip_counts.items()}
+    assert ds.notice_counts['truncated'] == 2 * plain.notice_counts['truncated']
+    assert len(plain.text_cache) == 0 and plain.text_cache.nbytes == 0
+
+
+def test_text_cache_stays_within_its_bound(tmp_path, image_dir):
+    items = [dict(GOOD[i % 3], id=f's{i}') for i in range(60)]
+    ds = make(tmp_path, image_dir, items, text_cache_mib=4000 / 2 ** 20)  # 4000 bytes
+    for i in range(len(items)):
+        ds[i]
+    assert 0 < len(ds.text_cache) < len(items) and ds.text_cache.nbytes <= 4000
+    cached = sorted(ds.text_cache.entries)
+    assert cached == list(range(len(cached)))  # the first ones kept, none evicted
+    sample_id, images, ids = ds.text_cache.entries[2]
+    assert sample_id == 's2' and images == ('grey.png', 'blue.png') and ids.dtype == np.int32
+    assert ids.tolist() == list(encode_conversation(GOOD[2]['conversations'], tiny(), 'qwen2'))
+    with pytest.raises(ValueError, match='text_cache_mib'):
+        make(tmp_path, image_dir, items, text_cache_mib=-1)
+
+
+def _collate_with_worker_cache(instances):
+    from mllm_align.data import llava_collate_fn
+    batch = llava_collate_fn(instances)
+    info = torch.utils.data.get_worker_info()
+    batch['worker_cache'] = (info.id, info.dataset.text_cache.hits, len(info.dataset.text_cache))
+    return batch
+
+
+def test_persistent_workers_keep_their_cache_and_send_skip_counts(tmp_path, image_dir):
+    from mllm_align.engine.hooks.dataset_info_hook import DatasetInfoHook
+    items = _cache_mix()
+    ds = make(tmp_path, image_dir, items, on_bad_sample='skip', max_length=40)
+    plain = make(tmp_path, image_dir, items, on_bad_sample='skip', max_length=40, text_cache_mib=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, persistent_workers=True,
+                                         prefetch_factor=2, collate_fn=_collate_with_worker_cache)
+    epochs = [list(loader) for _ in range(2)]
+    assert len(ds.text_cache) == 0  # the main process read nothing: the workers did
+    want = [plain[i] for i in range(len(items))]
+    for epoch in epochs:
+        got = [x for b in epoch for x in zip(b['data']['sample_ids'], b['data']['input_ids'])]
+        assert [i for i, _ in got] == [x['id'] for x in want]  # sequential order, whatever the worker
+        for (_, ids), x in zip(got, want):
+            assert ids[:len(x['input_ids'])].tolist() == x['input_ids'].tolist()
+    first, second = ({b['worker_cache'][0]: b['worker_cache'][1:] for b in e} for e in epochs)
+    assert first.keys() == {0, 1} and all(second[w][0] > first[w][0] for w in second)  # epoch 2 hits
+    skipped = [b['data'].get('skipped', {}) for b in epochs[0]]
+    total: dict[str, int] = {}
+    for counts in skipped:
+        for cause, n in counts.items():
+            total[cause] = total.get(cause, 0) + n
+    assert total == dict(plain.skip_counts)  # counted in the workers, carried by the batches
+
+    class Runner:
+        logger = __import__('logging').getLogger('cache_worker_test')
+        iter = 0
+    hook, logged = DatasetInfoHook(), []
+    Runner.logger.warning = lambda msg, *a, **k: logged.append(msg)
+    for k, batch in enumerate(epochs[0]):
+        hook.after_train_iter(Runner, k, batch)
+    hook.after_train(Runner)
+    assert any(f'{sum(total.values())} bad training samples were skipped' in m for m in logged)

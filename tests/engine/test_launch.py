@@ -142,25 +142,66 @@ def test_train_tool_turns_the_fault_environment_into_config_hooks(monkeypatch, t
     assert (fault.fault.action, fault.fault.pattern, fault.fault.rank) == ('enospc', 'iter_4.pth', 0)
 
 
-def test_a_normal_run_imports_no_test_code(tiny_assets, tmp_path):
-    """tools/train.py's path to a built Runner without fault variables never imports mllm_align.testing."""
+@pytest.fixture(scope='module')
+def normal_run(tiny_assets, tmp_path_factory):
+    """tools/train.py's path to a built Runner, without fault variables or --deepspeed, in a fresh process.
+
+    Returns its printed lines by tag: HOOKS (the runner's hooks), TESTING and DEEPSPEED (the imported
+    ``mllm_align.testing`` / ``deepspeed`` modules), MMENGINE_DS (mmengine's strategy module's ``deepspeed``
+    global), FIND_SPEC (whether ``importlib.util.find_spec('deepspeed')`` still finds the package, as
+    transformers checks), FINDERS (deferring finders left on ``sys.meta_path``), BOUND (mmengine's global
+    once ``mllm_align.engine.ds_strategy`` is imported, as a DeepSpeed run does).
+    """
     import os
     import subprocess
     import sys
+    work = tmp_path_factory.mktemp('normal_run') / 'work'
     code = f"""
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location('train_tool', {str(REPO / 'tools' / 'train.py')!r})
 train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train)
-cfg = train.prepare_config({TINY!r}, work_dir={str(tmp_path / 'work')!r}, extra_hooks=train.fault_hooks())
+cfg = train.prepare_config({TINY!r}, work_dir={str(work)!r}, extra_hooks=train.fault_hooks())
 runner = train.build_runner(cfg)
 print('HOOKS', sorted(type(h).__name__ for h in runner.hooks))
 print('TESTING', sorted(m for m in sys.modules if m.startswith('mllm_align.testing')))
+print('DEEPSPEED', sorted(m for m in sys.modules if m == 'deepspeed' or m.startswith('deepspeed.')))
+print('MMENGINE_DS', sys.modules['mmengine._strategy.deepspeed'].deepspeed)
+print('FIND_SPEC', importlib.util.find_spec('deepspeed') is not None)
+print('FINDERS', [type(f).__name__ for f in sys.meta_path if 'Defer' in type(f).__name__])
+import mllm_align.engine.ds_strategy
+print('BOUND', getattr(sys.modules['mmengine._strategy.deepspeed'].deepspeed, '__name__', None))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(('MLLM_ALIGN_CRASH', 'MLLM_ALIGN_CKPT_FAULT'))}
     proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env=dict(env, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = dict(line.split(' ', 1) for line in proc.stdout.splitlines() if line.startswith(('HOOKS', 'TESTING')))
-    assert 'CheckpointHook' in lines['HOOKS'] and 'SimulatedCrashHook' not in lines['HOOKS']
-    assert lines['TESTING'] == '[]', f'a normal run imported {lines["TESTING"]}'
+    return dict(line.split(' ', 1) for line in proc.stdout.splitlines()
+                if line.startswith(('HOOKS', 'TESTING', 'DEEPSPEED', 'MMENGINE_DS', 'FIND_SPEC', 'FINDERS', 'BOUND')))
+
+
+def test_a_normal_run_imports_no_test_code(normal_run):
+    """tools/train.py's path to a built Runner without fault variables never imports mllm_align.testing."""
+    assert 'CheckpointHook' in normal_run['HOOKS'] and 'SimulatedCrashHook' not in normal_run['HOOKS']
+    assert normal_run['TESTING'] == '[]', f'a normal run imported {normal_run["TESTING"]}'
+
+
+def test_a_normal_run_imports_no_deepspeed(normal_run):
+    """Without --deepspeed no deepspeed module is imported (mllm_align/lazy_imports.py); DeepSpeed stays findable
+    for transformers, the deferral removed itself, and importing ds_strategy gives mmengine its deepspeed back."""
+    import importlib.util
+    assert normal_run['DEEPSPEED'] == '[]', f'a run without --deepspeed imported {normal_run["DEEPSPEED"]}'
+    assert normal_run['MMENGINE_DS'] == 'None'
+    assert normal_run['FINDERS'] == '[]'
+    if importlib.util.find_spec('deepspeed') is not None:  # installed: pinned in requirements-dev.txt
+        assert normal_run['FIND_SPEC'] == 'True'
+        assert normal_run['BOUND'] == 'deepspeed'
+
+
+@pytest.mark.parametrize('argv, asks', [
+    ([], False), (['cfg.py', '--launcher', 'pytorch'], False), (['cfg.py', '--deepspeed', 'deepspeed_zero2'], True),
+    (['cfg.py', '--deepspeed=deepspeed_zero3'], True), (['cfg.py', '--deeps', 'deepspeed_zero3'], True),
+    (['cfg.py', '--', '--deepspeed'], False), (['cfg.py', '--d'], True), (['cfg.py', '--', 'x'], False)])
+def test_deepspeed_is_seen_on_the_command_line_as_argparse_sees_it(argv, asks):
+    from mllm_align.lazy_imports import argv_asks_for_deepspeed
+    assert argv_asks_for_deepspeed(argv) is asks

@@ -46,7 +46,9 @@ demo_model = dict(
                         image_size=image_size, pool=token_pool),
     max_new_tokens=max_new_tokens)
 demo_loader = dict(batch_size=batch_size, num_workers=dataloader_num_workers,
-                   persistent_workers=dataloader_num_workers > 0, sampler=dict(per_device_batch_size=batch_size))
+                   persistent_workers=dataloader_num_workers > 0,
+                   prefetch_factor=2 if dataloader_num_workers > 0 else None, pin_memory=gpu,
+                   sampler=dict(per_device_batch_size=batch_size))
 # fp32 on CPU (AmpOptimWrapper refuses CPU), bf16 AMP on GPU; a plain OptimWrapper takes no loss scale or dtype.
 demo_optim_wrapper = dict(type=AmpOptimWrapper, loss_scale='dynamic', dtype='bfloat16') if gpu else \
     dict(type=OptimWrapper)

@@ -63,7 +63,7 @@ pretrained_pth = None
 
 batch_size = 4  # per device (the released recipe); 8 devices × 4 accumulation → 128 samples per step
 accumulative_counts = 4
-dataloader_num_workers = 4
+dataloader_num_workers = default_dataloader_workers  # noqa: F405 (per rank, from the cores: _base_/default_runtime.py)
 lr = 2e-4  # LoRA
 on_bad_sample = 'skip'
 
@@ -133,6 +133,8 @@ train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
     persistent_workers=dataloader_num_workers > 0,
+    prefetch_factor=2 if dataloader_num_workers > 0 else None,  # batches each worker keeps ready
+    pin_memory=True,  # page-locked batches: asynchronous host-to-GPU copies
     dataset=train_dataset,
     sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
     collate_fn=dict(type=colva_collate_fn))

@@ -65,7 +65,7 @@ pretrained_pth = None  # an iter_N.pth of this model to start from
 
 batch_size = 2  # per device (the released recipe); 8 devices × 8 accumulation → 128 samples per step
 accumulative_counts = 8
-dataloader_num_workers = 4
+dataloader_num_workers = default_dataloader_workers  # noqa: F405 (per rank, from the cores: _base_/default_runtime.py)
 lr = 2e-4  # LoRA
 on_bad_sample = 'skip'  # matching cases whose objects vanish on the expert grid are skipped and counted
 
@@ -133,6 +133,8 @@ train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
     persistent_workers=dataloader_num_workers > 0,
+    prefetch_factor=2 if dataloader_num_workers > 0 else None,  # batches each worker keeps ready
+    pin_memory=True,  # page-locked batches: asynchronous host-to-GPU copies
     dataset=train_dataset,
     sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
     collate_fn=dict(type=colva_collate_fn))
