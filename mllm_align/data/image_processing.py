@@ -17,6 +17,7 @@ RGB triple), never dropped. Files should be opened with
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -225,34 +226,35 @@ def clip_fast_path(image_processor: Any) -> _ClipPath | None:
 
     Required: the class itself (no subclass, no fast processor), resize by ``shortest_edge`` only, a centre crop
     no larger than that edge (so the crop never pads), rescale and normalise on, RGB conversion on, three-channel
-    mean / std, a PIL resampling filter, no extra kwargs stored. Built once per processor and kept on it
-    (``_mllm_align_fast_path``), so a dataset in a DataLoader worker builds it once too. Images with a side of
-    3 px or less always go to the processor (its channel-format inference reads such shapes differently).
+    mean / std, a PIL resampling filter. The settings are read on every call and the path (its lookup table) is
+    cached per settings, not stored on the processor: a processor changed after a dataset was built gets a path
+    for its new settings, and the processor stays as transformers made it (``save_pretrained`` writes its
+    attributes). Images with a side of 3 px or less always go to the processor (its channel-format inference
+    reads such shapes differently).
     """
     if image_processor is None:
         return None
-    cached = getattr(image_processor, '_mllm_align_fast_path', False)
-    if cached is not False:
-        return cached
-    path = None
     try:
         from transformers import CLIPImageProcessor
     except ImportError:  # pragma: no cover - transformers is a dependency
-        CLIPImageProcessor = None
+        return None
     p = image_processor
-    if CLIPImageProcessor is not None and type(p) is CLIPImageProcessor:
-        size, crop = dict(p.size or {}), dict(p.crop_size or {})
-        mean, std = p.image_mean, p.image_std
-        ok = (p.do_resize and set(size) == {'shortest_edge'} and p.do_center_crop and set(crop) == {'height', 'width'}
-              and p.do_rescale and p.do_normalize and p.do_convert_rgb in (True, None)
-              and isinstance(mean, (list, tuple)) and len(mean) == 3 and isinstance(std, (list, tuple))
-              and len(std) == 3 and int(p.resample) in (0, 1, 2, 3, 4, 5)
-              and 0 < crop['height'] <= size['shortest_edge'] and 0 < crop['width'] <= size['shortest_edge'])
-        if ok:
-            path = _ClipPath(int(size['shortest_edge']), int(crop['height']), int(crop['width']), int(p.resample),
-                             float(p.rescale_factor), mean, std)
-    try:
-        image_processor._mllm_align_fast_path = path
-    except AttributeError:  # pragma: no cover - slotted objects
-        pass
-    return path
+    if type(p) is not CLIPImageProcessor:
+        return None
+    size, crop = dict(p.size or {}), dict(p.crop_size or {})
+    mean, std = p.image_mean, p.image_std
+    ok = (p.do_resize and set(size) == {'shortest_edge'} and p.do_center_crop and set(crop) == {'height', 'width'}
+          and p.do_rescale and p.do_normalize and p.do_convert_rgb in (True, None)
+          and isinstance(mean, (list, tuple)) and len(mean) == 3 and isinstance(std, (list, tuple))
+          and len(std) == 3 and int(p.resample) in (0, 1, 2, 3, 4, 5)
+          and 0 < crop['height'] <= size['shortest_edge'] and 0 < crop['width'] <= size['shortest_edge'])
+    if not ok:
+        return None
+    return _clip_path_for(int(size['shortest_edge']), int(crop['height']), int(crop['width']), int(p.resample),
+                          float(p.rescale_factor), tuple(float(m) for m in mean), tuple(float(x) for x in std))
+
+
+@functools.lru_cache(maxsize=32)
+def _clip_path_for(shortest_edge: int, crop_h: int, crop_w: int, resample: int, rescale_factor: float,
+                   mean: tuple[float, ...], std: tuple[float, ...]) -> _ClipPath:
+    return _ClipPath(shortest_edge, crop_h, crop_w, resample, rescale_factor, mean, std)

@@ -95,7 +95,7 @@ def test_clip_fast_path_is_bitwise_equal_to_the_processor(settings):
     from mllm_align.data.image_processing import clip_fast_path
     proc = CLIPImageProcessor(**settings)
     fast = clip_fast_path(proc)
-    assert fast is not None and clip_fast_path(proc) is fast  # built once, kept on the processor
+    assert fast is not None and clip_fast_path(proc) is fast  # built once per settings
     rng = np.random.default_rng(0)
     for width, height in [(640, 480), (480, 640), (500, 333), (1024, 768), (336, 336), (77, 1000), (5, 9)]:
         image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
@@ -104,6 +104,19 @@ def test_clip_fast_path_is_bitwise_equal_to_the_processor(settings):
         want = proc([padded], return_tensors='np')['pixel_values']
         assert got.dtype == torch.float32 and got.is_contiguous()
         np.testing.assert_array_equal(got.numpy(), want)  # bitwise, not to a tolerance
+
+
+def test_clip_fast_path_follows_a_changed_processor_and_leaves_it_saveable(tmp_path):
+    from mllm_align.data.image_processing import clip_fast_path
+    proc = CLIPImageProcessor(**CLIP_L_336)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    process_images([image], proc)
+    proc.save_pretrained(tmp_path)  # the processor carries nothing of ours (this failed when the path was kept on it)
+    assert CLIPImageProcessor.from_pretrained(tmp_path).to_dict() == proc.to_dict()
+    proc.size, proc.crop_size = {'shortest_edge': 224}, {'height': 224, 'width': 224}  # changed after first use
+    assert clip_fast_path(proc).crop_h == 224
+    want = proc([expand2square(image, background_color(proc))], return_tensors='np')['pixel_values']
+    np.testing.assert_array_equal(process_images([image], proc).numpy(), want)
 
 
 def test_clip_fast_path_only_for_settings_it_reproduces(monkeypatch):
