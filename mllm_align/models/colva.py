@@ -434,10 +434,9 @@ def load_colva_export(path: str | os.PathLike, expert: Any = None, *, device: st
         ValueError: no expert given and none recorded; modelling code in the directory, or a recorded expert
             that runs remote code, without ``trust_remote_code`` (naming the files or the expert and the flag).
     """
-    from .hf_llava import TRUST_REMOTE_CODE_ENV, load_hf_dir
+    from .hf_llava import load_hf_dir, resolve_trust_remote_code
 
-    if trust_remote_code is None:
-        trust_remote_code = os.environ.get(TRUST_REMOTE_CODE_ENV) == '1'
+    trust_remote_code = resolve_trust_remote_code(trust_remote_code)
     path = Path(path)
     info_path = path / COLVA_INFO_NAME
     if not info_path.is_file():

@@ -204,6 +204,11 @@ TRUST_REMOTE_CODE_ENV = 'MLLM_ALIGN_TRUST_REMOTE_CODE'
 directories that ship modelling code, as the checkpoint loaders' ``MLLM_ALIGN_TRUST_CHECKPOINT`` does for pickles."""
 
 
+def resolve_trust_remote_code(trust_remote_code: bool | None) -> bool:
+    """A loader's ``trust_remote_code`` argument: as given, or (None) whether :data:`TRUST_REMOTE_CODE_ENV` is ``1``."""
+    return os.environ.get(TRUST_REMOTE_CODE_ENV) == '1' if trust_remote_code is None else bool(trust_remote_code)
+
+
 def check_remote_code_trusted(path: str | os.PathLike, trust_remote_code: bool) -> bool:
     """Whether the HF directory ``path`` ships modelling code, refused unless ``trust_remote_code``.
 
@@ -262,9 +267,7 @@ def load_hf_dir(path: str | os.PathLike, *, template: str | None = None, dtype: 
                          f'{model_type!r}, fn), or import the module of the base that registers it.')
     fn = _resolve_loader(loader)
     extra: dict[str, Any] = {}
-    if trust_remote_code is None:
-        trust_remote_code = os.environ.get(TRUST_REMOTE_CODE_ENV) == '1'
-    if check_remote_code_trusted(path, trust_remote_code):
+    if check_remote_code_trusted(path, resolve_trust_remote_code(trust_remote_code)):
         params = inspect.signature(fn).parameters
         if 'trust_remote_code' not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             raise ValueError(f'{path} ships modelling code, but the loader registered for {model_type!r} '
