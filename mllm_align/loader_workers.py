@@ -1,7 +1,8 @@
 """How many DataLoader worker processes a training rank gets: :func:`default_num_workers`.
 
-The recipes call it in PART 1 (``dataloader_num_workers = default_num_workers()``), their tiny twins too, so
-that every run reads its data through the recipe's own loader: on GPU nodes persistent workers that prefetch
+``projects/_base_/default_loader.py`` calls it in PART 1 (``dataloader_num_workers = default_num_workers()``) for
+every base recipe, and so for their method recipes, twins and demo configs, so that every run reads its data through
+the recipe's own loader: on GPU nodes persistent workers that prefetch
 (``prefetch_factor`` batches each), with reading, decoding, processing and tokenising off the training step's
 critical path; on a CPU-only machine none (the step has every core; see the function). It sits below every
 package and imports only ``os`` at import time (``torch`` when called, which a training process has already):

@@ -37,7 +37,8 @@ LAW = [c for c in CONFIGS if c.startswith('projects/law/')]
 TWINS = [c for c in CONFIGS if c.endswith('_tiny_cpu.py') and c not in DEMOS + LAW]
 RECIPES = [c for c in CONFIGS if not c.endswith('_tiny_cpu.py') and c not in DEMOS + LAW]
 TINY_BASE = 'projects/_base_/tiny_cpu.py'
-SHARED_BASES = ['projects/_base_/default_runtime.py', 'projects/_base_/default_schedule.py']  # PART 5, PART 4
+SHARED_BASES = ['projects/_base_/default_loader.py',  # PART 3's DataLoader settings
+                'projects/_base_/default_runtime.py', 'projects/_base_/default_schedule.py']  # PART 5, PART 4
 
 # Dotted keys (fnmatch patterns) where a twin may differ from its recipe.
 TWIN_MAY_DIFFER = (

@@ -13,16 +13,11 @@ from mmengine.visualization import LocalVisBackend, Visualizer
 
 from mllm_align.engine.checkpoint_hook import AtomicCheckpointHook
 from mllm_align.engine.hooks.data_workers_hook import ReleaseDataWorkersHook
-from mllm_align.loader_workers import default_num_workers  # light: os only, no package import
 
 #######################################################################
 #                          PART 1  Settings                           #
 #######################################################################
 save_optimizer = True  # in every checkpoint: needed for exact --resume
-# DataLoader workers per rank, the recipes' (and twins') `dataloader_num_workers`: with a GPU max(1, min(4, cores per
-# rank - 1)) from this machine's cores and the launch's LOCAL_WORLD_SIZE; 0 on a CPU-only machine, where the step has
-# every core (the rule and why: mllm_align/loader_workers.py).
-default_dataloader_workers = default_num_workers.build()()  # config imports are mmengine LazyObjects: build, call
 
 #######################################################################
 #                           PART 5  Runtime                           #

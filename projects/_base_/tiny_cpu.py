@@ -54,7 +54,6 @@ attn_implementation = 'sdpa'
 max_new_tokens = 16  # chat samples: short answers keep the CPU run quick
 
 batch_size = 8  # per process; 2 processes → global 16
-dataloader_num_workers = default_dataloader_workers  # the recipes' rule: 0 on a CPU-only machine
 warmup_ratio = 0.1  # ≥ 2 warm-up iterations at 38 iterations per epoch (2 processes)
 
 save_steps = 5
@@ -84,11 +83,8 @@ sft_lr = 2e-4  # the 7B recipes' 2e-5 barely moves a tiny random model
 # The tiny fields of the recipe's train_dataset / train_dataloader / chat-sample hook, applied by the twin.
 tiny_dataset = dict(data_path=data_path, image_folder=image_folder, max_length=max_length,
                           num_image_tokens=num_image_tokens)
-tiny_loader = dict(batch_size=batch_size, num_workers=dataloader_num_workers,
-                             persistent_workers=dataloader_num_workers > 0,
-                             prefetch_factor=2 if dataloader_num_workers > 0 else None,
-                             pin_memory=False,  # CPU: nothing to copy to
-                             sampler=dict(per_device_batch_size=batch_size * accumulative_counts))
+tiny_loader = dict(batch_size=batch_size, pin_memory=False,  # CPU: nothing to copy to (workers: the recipe's rule)
+                   sampler=dict(per_device_batch_size=batch_size * accumulative_counts))
 tiny_chat_hook = dict(evaluation_images=evaluation_images, evaluation_inputs=evaluation_inputs,
                       every_n_iters=evaluation_freq)  # EvaluateChatHook
 

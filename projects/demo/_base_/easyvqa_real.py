@@ -29,7 +29,6 @@ select_layer = -2  # penultimate DINOv2 layer, as LLaVA takes CLIP's (no final l
 llm_dtype = 'bfloat16' if gpu else 'float32'
 attn_implementation = 'sdpa'  # flash-attention buys nothing at 30-60 tokens
 batch_size = 32 if gpu else 8  # per process; 2 CPU processes -> global 16
-dataloader_num_workers = 2 if gpu else 0
 save_total_limit = -1
 # Chat samples (EvaluateChatHook) before and after training: two easy-VQA test images.
 evaluation_images = [data_root + 'images/test/0.png', data_root + 'images/test/1.png']
@@ -45,9 +44,7 @@ demo_model = dict(
     visual_encoder=dict(path=visual_encoder_name_or_path, dtype=llm_dtype, select_layer=select_layer,
                         image_size=image_size, pool=token_pool),
     max_new_tokens=max_new_tokens)
-demo_loader = dict(batch_size=batch_size, num_workers=dataloader_num_workers,
-                   persistent_workers=dataloader_num_workers > 0,
-                   prefetch_factor=2 if dataloader_num_workers > 0 else None, pin_memory=gpu,
+demo_loader = dict(batch_size=batch_size, pin_memory=gpu,  # workers: the recipe's rule (none on a CPU-only machine)
                    sampler=dict(per_device_batch_size=batch_size))
 # fp32 on CPU (AmpOptimWrapper refuses CPU), bf16 AMP on GPU; a plain OptimWrapper takes no loss scale or dtype.
 demo_optim_wrapper = dict(type=AmpOptimWrapper, loss_scale='dynamic', dtype='bfloat16') if gpu else \

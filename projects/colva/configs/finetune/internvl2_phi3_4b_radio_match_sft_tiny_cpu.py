@@ -51,7 +51,5 @@ train_dataset.datasets[1].update(_match, data_path=match_reasoning_data_path)
 train_dataset.datasets[2].update(data_path=data_path, image_folder=llava_image_folder, tokenizer=tokenizer,
                                  image_processor=image_processor, max_length=max_length,
                                  num_image_tokens=num_image_tokens)
-train_dataloader.update(batch_size=batch_size, num_workers=dataloader_num_workers,
-                        persistent_workers=dataloader_num_workers > 0, pin_memory=False,
-                        prefetch_factor=2 if dataloader_num_workers > 0 else None, dataset=train_dataset,
+train_dataloader.update(batch_size=batch_size, pin_memory=False, dataset=train_dataset,
                         sampler=dict(per_device_batch_size=batch_size * accumulative_counts))

@@ -31,6 +31,7 @@ from mllm_align.models.qwen2_vl import Qwen2VLModel, load_qwen2_vl_image_process
 from mllm_align.models.vision_expert import HFVisionExpert
 
 with read_base():
+    from ...._base_.default_loader import *  # noqa: F401,F403 (PART 3: DataLoader workers, pinning)
     from ...._base_.default_runtime import *  # noqa: F401,F403 (PART 5: hooks, env, logging)
     from ...._base_.default_schedule import *  # noqa: F401,F403 (PART 4: AdamW, warm-up + cosine)
 
@@ -65,7 +66,6 @@ pretrained_pth = None  # an iter_N.pth of this model to start from
 
 batch_size = 2  # per device (the released recipe); 8 devices × 8 accumulation → 128 samples per step
 accumulative_counts = 8
-dataloader_num_workers = default_dataloader_workers  # noqa: F405 (per rank, from the cores: _base_/default_runtime.py)
 lr = 2e-4  # LoRA
 on_bad_sample = 'skip'  # matching cases whose objects vanish on the expert grid are skipped and counted
 
@@ -129,14 +129,10 @@ train_dataset = dict(
              num_image_tokens=num_image_tokens, pad_image_to_square=False, on_bad_sample=on_bad_sample),
     ])
 
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,
-    persistent_workers=dataloader_num_workers > 0,
-    prefetch_factor=2 if dataloader_num_workers > 0 else None,  # batches each worker keeps ready
-    pin_memory=True,  # page-locked batches: asynchronous host-to-GPU copies
-    dataset=train_dataset,
-    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),
+# num_workers, persistent_workers, prefetch_factor, pin_memory: projects/_base_/default_loader.py
+train_dataloader.update(  # noqa: F405
+    batch_size=batch_size, dataset=train_dataset,
+    sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),  # noqa: F405
     collate_fn=dict(type=colva_collate_fn))
 
 #######################################################################

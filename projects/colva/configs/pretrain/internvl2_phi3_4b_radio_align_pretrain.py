@@ -28,6 +28,7 @@ from mllm_align.models.internvl import InternVLModel
 from mllm_align.models.vision_expert import HFVisionExpert
 
 with read_base():
+    from ...._base_.default_loader import *  # noqa: F401,F403 (PART 3: DataLoader workers, pinning)
     from ...._base_.default_runtime import *  # noqa: F401,F403 (PART 5: hooks, env, logging)
     from ...._base_.default_schedule import *  # noqa: F401,F403 (PART 4: AdamW, warm-up + cosine)
 
@@ -52,7 +53,6 @@ pretrained_pth = None
 
 batch_size = 1  # per device; 8 devices × 8 accumulation → 64 image pairs per step
 accumulative_counts = 8
-dataloader_num_workers = default_dataloader_workers  # noqa: F405 (per rank, from the cores: _base_/default_runtime.py)
 lr = 2e-4  # the adapter only
 on_bad_sample = 'skip'
 
@@ -102,13 +102,9 @@ train_dataset = dict(
     max_objects=max_objects,
     on_bad_sample=on_bad_sample)
 
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,
-    persistent_workers=dataloader_num_workers > 0,
-    prefetch_factor=2 if dataloader_num_workers > 0 else None,  # batches each worker keeps ready
-    pin_memory=True,  # page-locked batches: asynchronous host-to-GPU copies
-    dataset=train_dataset,
+# num_workers, persistent_workers, prefetch_factor, pin_memory: projects/_base_/default_loader.py
+train_dataloader.update(  # noqa: F405
+    batch_size=batch_size, dataset=train_dataset,
     sampler=dict(type=DefaultSampler, shuffle=True),
     collate_fn=dict(type=colva_collate_fn))
 

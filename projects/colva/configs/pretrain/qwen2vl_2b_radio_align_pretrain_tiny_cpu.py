@@ -37,6 +37,4 @@ model.base.update(path=qwen2_vl_name_or_path, dtype=llm_dtype, attn_implementati
 model.expert.update(path=radio_name_or_path, image_size=expert_image_size, dtype=llm_dtype)
 train_dataset.update(data_root=data_path, image_processor=image_processor, expert_image_size=expert_image_size,
                      expert_grid=expert_grid)
-train_dataloader.update(batch_size=batch_size, num_workers=dataloader_num_workers,
-                        persistent_workers=dataloader_num_workers > 0, pin_memory=False,
-                        prefetch_factor=2 if dataloader_num_workers > 0 else None, dataset=train_dataset)
+train_dataloader.update(batch_size=batch_size, pin_memory=False, dataset=train_dataset)

@@ -21,6 +21,7 @@ from mllm_align.engine.hooks import DatasetInfoHook, EvaluateChatHook, MIRHook
 from mllm_align.models import LLaVAModel, VisionTower, load_image_processor, load_llm, load_tokenizer
 
 with read_base():
+    from ...._base_.default_loader import *  # noqa: F401,F403 (PART 3: DataLoader workers, pinning)
     from ...._base_.default_runtime import *  # noqa: F401,F403 (PART 5: hooks, env, logging)
     from ...._base_.default_schedule import *  # noqa: F401,F403 (PART 4: AdamW, warm-up + cosine)
 
@@ -39,7 +40,6 @@ llm_dtype = 'bfloat16'
 attn_implementation = 'flash_attention_2'  # 'sdpa' if flash-attn is not installed
 
 batch_size = 32  # per device; 8 devices → global 256
-dataloader_num_workers = default_dataloader_workers  # noqa: F405 (per rank, from the cores: _base_/default_runtime.py)
 lr = 1e-3  # the projector alone trains
 on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
 # The rest of the schedule is LLaVA-1.5's, shared by the base recipes (PART 1 of projects/_base_/default_schedule.py:
@@ -92,13 +92,9 @@ train_dataset = dict(
     num_image_tokens=num_image_tokens,
     on_bad_sample=on_bad_sample)
 
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,
-    persistent_workers=dataloader_num_workers > 0,
-    prefetch_factor=2 if dataloader_num_workers > 0 else None,  # batches each worker keeps ready
-    pin_memory=True,  # page-locked batches: asynchronous host-to-GPU copies
-    dataset=train_dataset,
+# num_workers, persistent_workers, prefetch_factor, pin_memory: projects/_base_/default_loader.py
+train_dataloader.update(  # noqa: F405
+    batch_size=batch_size, dataset=train_dataset,
     sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),  # noqa: F405
     collate_fn=dict(type=llava_collate_fn))
 

@@ -27,6 +27,7 @@ from mllm_align.models import load_tokenizer
 from mllm_align.models.qwen2_vl import Qwen2VLModel, load_qwen2_vl_image_processor
 
 with read_base():
+    from ...._base_.default_loader import *  # noqa: F401,F403 (PART 3: DataLoader workers, pinning)
     from ...._base_.default_runtime import *  # noqa: F401,F403 (PART 5: hooks, env, logging)
     from ...._base_.default_schedule import *  # noqa: F401,F403 (PART 4: AdamW, warm-up + cosine)
 
@@ -50,7 +51,6 @@ lora_alpha = 16
 lora_dropout = 0.0  # > 0 draws from the RNG, which checkpoints do not hold: resume would no longer be bitwise
 
 batch_size = 16  # per device; 8 devices → global 128
-dataloader_num_workers = default_dataloader_workers  # noqa: F405 (per rank, from the cores: _base_/default_runtime.py)
 lr = 1e-4  # LoRA and merger
 on_bad_sample = 'raise'  # or 'skip': skipped samples are counted in the log
 # The rest of the schedule is LLaVA-1.5's, shared by the base recipes (PART 1 of projects/_base_/default_schedule.py:
@@ -103,13 +103,9 @@ train_dataset = dict(
     pad_image_to_square=False,  # Qwen2-VL keeps the aspect ratio
     on_bad_sample=on_bad_sample)
 
-train_dataloader = dict(
-    batch_size=batch_size,
-    num_workers=dataloader_num_workers,
-    persistent_workers=dataloader_num_workers > 0,
-    prefetch_factor=2 if dataloader_num_workers > 0 else None,  # batches each worker keeps ready
-    pin_memory=True,  # page-locked batches: asynchronous host-to-GPU copies
-    dataset=train_dataset,
+# num_workers, persistent_workers, prefetch_factor, pin_memory: projects/_base_/default_loader.py
+train_dataloader.update(  # noqa: F405
+    batch_size=batch_size, dataset=train_dataset,
     sampler=dict(type=LengthGroupedSampler, per_device_batch_size=batch_size * accumulative_counts),  # noqa: F405
     collate_fn=dict(type=llava_collate_fn))
 
