@@ -5,14 +5,16 @@
 1. Peak memory. ``tools/eval_mir.py`` scores one checkpoint of the tiny pre-training config with
    N = 10 and N = 100 image–text pairs, each in a fresh process whose RSS high-water mark
    (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is read at exit; the streaming extraction should
-   keep it flat in N. Texts: a generated JSONL of 120 distinct long paragraphs (24 sentences of
-   ``data/mir_texts`` recombined), so that every text is cut to exactly ``--text-max-tokens``
-   (default 1024) tokens and every sample costs the same; otherwise a larger N also means a longer
+   keep it flat in N with ``--replay-mb 0`` (the model run again for MIR's second pass); the default, which keeps
+   the first pass's rows (up to 1 GiB) and reads them again, is timed beside it. Texts: a generated JSONL of 120
+   distinct long paragraphs (24 sentences of ``data/mir_texts`` recombined), so that every text is cut to exactly
+   ``--text-max-tokens`` (default 1024) tokens and every sample costs the same; otherwise a larger N also means a longer
    longest sample, whose per-sample activations raise the peak. For contrast, the table gives what
    keeping every selected layer's rows in float32 (the seed's approach) would hold.
 2. Series. 5 checkpoints (a real 10-iteration tiny run, saved every 2) scored by ONE call (base model
    built once, weights swapped) vs 5 calls (one per checkpoint), N = 20 as in the demo, each call a
-   fresh ``tools/eval_mir.py`` process, as a user would run them.
+   fresh ``tools/eval_mir.py`` process, as a user would run them; and the one call again with
+   ``--replay-mb 0`` (two forward passes per pair instead of one).
 
 Every process runs with OMP_NUM_THREADS=1 (steady timings on a shared 2-core machine). Prints markdown
 tables for ``docs/benchmarks.md``.
@@ -101,16 +103,21 @@ def main() -> None:
         hidden = json.loads((REPO / 'data' / 'tiny' / 'llm' / 'llama' / 'config.json').read_text())['hidden_size']
         mem_rows = []
         for n in args.sizes:
-            res = _eval([str(ckpts[-1]), '--config', CONFIG, '--eval-num', str(n), '--texts', str(texts),
-                         '--text-max-tokens', str(args.text_max_tokens), '--out', str(tmp / f'mem_{n}')])
+            common = [str(ckpts[-1]), '--config', CONFIG, '--eval-num', str(n), '--texts', str(texts),
+                      '--text-max-tokens', str(args.text_max_tokens)]
+            res = _eval([*common, '--replay-mb', '0', '--out', str(tmp / f'mem_{n}')])
+            replayed = _eval([*common, '--out', str(tmp / f'mem_replay_{n}')])
             doc = json.loads((tmp / f'mem_{n}' / 'mir.json').read_text())['results'][0]
+            same = json.loads((tmp / f'mem_replay_{n}' / 'mir.json').read_text())['results'][0]['mir'] == doc['mir']
             rows = doc['num_vision_rows'][0] + doc['num_text_rows'][0]
             kept_mib = rows * len(doc['layers']) * hidden * 4 / 2**20
-            mem_rows.append((n, rows, kept_mib, res['maxrss_kb'] / 1024, res['wall_s'], doc['mir']))
+            mem_rows.append((n, rows, kept_mib, res['maxrss_kb'] / 1024, res['wall_s'],
+                             replayed['maxrss_kb'] / 1024, replayed['wall_s'], doc['mir'], same))
 
         series_args = ['--config', CONFIG, '--eval-num', str(args.series_n), '--text-max-tokens',
                        str(args.text_max_tokens)]
         one = _eval([str(run), *series_args, '--out', str(tmp / 'series_one')])
+        rerun = _eval([str(run), *series_args, '--replay-mb', '0', '--out', str(tmp / 'series_rerun')])
         separate = [_eval([str(c), *series_args, '--out', str(tmp / f'series_{c.stem}')]) for c in ckpts]
         one_mirs = [r['mir'] for r in json.loads((tmp / 'series_one' / 'mir.json').read_text())['results']]
         sep_mirs = [json.loads((tmp / f'series_{c.stem}' / 'mir.json').read_text())['results'][0]['mir']
@@ -125,17 +132,21 @@ def main() -> None:
     print(f'- Command: `.venv/bin/python benchmarks/bench_eval_mir.py` ({time.perf_counter() - t_all:.0f} s in all)')
     print(f'- Machine: {os.cpu_count()}-core {platform.machine()} CPU, OMP_NUM_THREADS=1, torch {torch.__version__}')
     print(f'- Date: {datetime.date.today().isoformat()}\n')
-    print('| N pairs | rows per layer (vision + text) | all rows kept, fp32 (MiB) | peak RSS (MiB) | wall (s) | MIR |')
-    print('|---|---|---|---|---|---|')
-    for n, rows, kept, rss, wall, mir in mem_rows:
-        print(f'| {n} | {rows} | {kept:.1f} | {rss:.0f} | {wall:.1f} | {mir:.4f} |')
+    print('| N pairs | rows per layer (vision + text) | all rows kept, fp32 (MiB) | `--replay-mb 0`: peak RSS (MiB) '
+          '| wall (s) | default (replay): peak RSS (MiB) | wall (s) | MIR (same both ways) |')
+    print('|---|---|---|---|---|---|---|---|')
+    for n, rows, kept, rss, wall, rss_r, wall_r, mir, same in mem_rows:
+        print(f'| {n} | {rows} | {kept:.1f} | {rss:.0f} | {wall:.1f} | {rss_r:.0f} | {wall_r:.1f} | {mir:.4f} '
+              f'({"yes" if same else "NO"}) |')
     total_sep = sum(r['wall_s'] for r in separate)
     print(f'\n| {len(ckpts)} checkpoints, N={args.series_n} | wall (s) | peak RSS (MiB) |')
     print('|---|---|---|')
     print(f'| one call (model built once) | {one["wall_s"]:.1f} | {one["maxrss_kb"] / 1024:.0f} |')
     print(f'| {len(ckpts)} separate calls | {total_sep:.1f} | {max(r["maxrss_kb"] for r in separate) / 1024:.0f} |')
+    print(f'| one call, `--replay-mb 0` | {rerun["wall_s"]:.1f} | {rerun["maxrss_kb"] / 1024:.0f} |')
     print(f'\nratio separate / one call: {total_sep / one["wall_s"]:.2f}x; '
-          f'max |MIR difference| one call vs separate: {max(abs(a - b) for a, b in zip(one_mirs, sep_mirs)):.2e}')
+          f'max |MIR difference| one call vs separate: {max(abs(a - b) for a, b in zip(one_mirs, sep_mirs)):.2e}; '
+          f'one call replayed / re-run: {one["wall_s"] / rerun["wall_s"]:.2f}')
 
 
 if __name__ == '__main__':

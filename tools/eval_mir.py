@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='override config settings as tools/train.py does (the run\'s own --cfg-options)')
     parser.add_argument('--no-plots', action='store_true', help='do not write the PNGs')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--replay-mb', type=float, default=1024,
+                        help="MiB of the first pass's hidden states kept for the second pass instead of a second "
+                             'forward over the probe (default 1024; 0: always run the model twice)')
     add_trust_checkpoint_argument(parser)
     add_trust_remote_code_argument(parser)
     return parser.parse_args(argv)
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                      text_max_tokens=args.text_max_tokens, seed=None if args.sorted else args.seed,
                      batch_size=args.batch_size, skip_bad_images=args.skip_bad_images, template=args.template,
                      overwrite=args.overwrite, progress=not args.no_progress, plots=not args.no_plots,
-                     untrained=args.untrained, cfg_options=args.cfg_options)
+                     untrained=args.untrained, cfg_options=args.cfg_options, replay_mb=args.replay_mb)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f'eval_mir: error: {exc}', file=sys.stderr)
         return 1

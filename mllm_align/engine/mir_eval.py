@@ -48,7 +48,7 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
                  skip_bad_images: bool = False, template: str | None = None, overwrite: bool = False,
                  progress: bool = True, plots: bool = True, console: Any = None,
                  model_factory: Callable[[], Any] | None = None, untrained: bool = False,
-                 cfg_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                 cfg_options: dict[str, Any] | None = None, replay_mb: float = 1024) -> list[dict[str, Any]]:
     """Score every checkpoint of ``target`` with MIR; write ``mir.json``, ``mir.csv`` and two PNGs.
 
     Args:
@@ -76,6 +76,9 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
         untrained: also score the config's model as built, before any training (its projector at its seeded
             random init), as iteration 0 (``<out>/untrained/iter_0.pth``, saved once per config).
         cfg_options: ``--cfg-options`` for the config (as ``tools/train.py`` takes them); part of the fingerprint.
+        replay_mb: MIR reads every row twice (its outlier rule needs all row norms first); the first pass's hidden
+            states, up to this many MiB on the model's device, are kept and read again instead of running the
+            model a second time. 0: always run it twice. Not part of the fingerprint: the rows are the same.
 
     Returns:
         The records of every checkpoint of ``target`` (computed now or earlier), in iteration order
@@ -117,6 +120,9 @@ def evaluate_mir(target: str | os.PathLike, config: str | os.PathLike | None = N
                              sources=dict(images=str(images),
                                           image_folder=None if image_folder is None else str(image_folder),
                                           eval_num=eval_num, seed=seed))
+    if replay_mb < 0:
+        raise ValueError(f'replay_mb must be >= 0 (MiB of first-pass hidden states kept), got {replay_mb}.')
+    evaluator.replay_budget_bytes = int(replay_mb * (1 << 20))
     model_settings = dict(
         dtype=str(torch_dtype).replace('torch.', '') if torch_dtype else 'config',
         config=None if config is None else str(Path(config).resolve()),

@@ -11,7 +11,8 @@ accumulates over batches into ``self.results``, ``compute_metrics(results)`` red
     info()          extra top-level entries of the results file (e.g. the probe's pairs)
     prepare(model)  once, after the base model is built (check it fits: layer range, …)
     begin_checkpoint(name, out_dir, key)  before each checkpoint (where to keep per-sample work)
-    num_passes      passes over the data per checkpoint (MIR: 2, its outlier rule needs all rows first)
+    num_passes      passes over the data per checkpoint (MIR: 2, its outlier rule needs all rows first); later
+                    passes replay pass 0's outputs while they fit in ``replay_budget_bytes``, else re-run the model
     begin_pass(i)   before pass i (0-based)
     batches(model)  the data batches for this model (e.g. the probe encoded with its tokenizer)
     run_batch(model, batch) → outputs   one forward pass, under no_grad, model in eval mode
@@ -41,6 +42,17 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ['ModelEvaluator', 'scalar_metric_keys', 'sorted_records']
 
 
+def tensor_bytes(value: Any) -> int:
+    """Bytes held by the tensors in ``value`` (nested lists, tuples and dicts; anything else counts 0)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
 def sorted_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Records in iteration order (records without an iteration last, by checkpoint path)."""
     return sorted(records, key=lambda r: (r.get('iteration') is None, r.get('iteration') or 0, r['checkpoint']))
@@ -65,12 +77,17 @@ class ModelEvaluator(ABC):
         name: short identifier (file stem and log key), e.g. ``'mir'``.
         results_format: the ``format`` string of the results file (default ``mllm_align.eval.<name>/1``).
         num_passes: passes over :meth:`batches` per scored checkpoint.
+        replay_budget_bytes: with ``num_passes > 1``, the most bytes of pass-0 outputs (their tensors, on the
+            device they come from) kept to replay in the later passes instead of running the model again; past
+            it they are dropped and every pass runs the model. 0: never keep. The outputs of a model in eval
+            mode are the same each time, so replaying changes no number, it only saves the forward passes.
         results: what :meth:`process` accumulated since the last :meth:`evaluate`.
     """
 
     name: ClassVar[str] = ''
     results_format: ClassVar[str | None] = None
     num_passes: ClassVar[int] = 1
+    replay_budget_bytes: int = 1 << 30
 
     def __init__(self) -> None:
         if not self.name or not self.name.replace('_', '').isalnum():
@@ -136,20 +153,46 @@ class ModelEvaluator(ABC):
     def score(self, model: 'MultimodalModel', progress: Any = None) -> dict[str, Any]:
         """Run every pass over :meth:`batches` through ``model`` and return :meth:`evaluate`'s metrics.
 
-        ``progress`` (e.g. tqdm) is advanced by the number of outputs of each batch.
+        Passes after the first replay pass 0's ``(batch, outputs)`` when they fit in
+        :attr:`replay_budget_bytes`, and run the model again otherwise. ``progress`` (e.g. tqdm) is advanced by
+        the number of outputs of each batch.
         """
         self.results = []
+        kept: list[tuple[Any, Sequence[Any]]] | None = [] if self.num_passes > 1 and self.replay_budget_bytes > 0 \
+            else None
+        kept_bytes = 0
         for index in range(self.num_passes):
             self.begin_pass(index)
             if progress is not None and self.num_passes > 1 and hasattr(progress, 'set_postfix_str'):
                 progress.set_postfix_str(f'pass {index + 1}/{self.num_passes}')
-            for batch in self.batches(model):
-                with torch.no_grad():
-                    outputs = self.run_batch(model, batch)
+            replay = index > 0 and kept is not None
+            for batch, outputs in (self._replay(kept, last=index == self.num_passes - 1) if replay  # type: ignore
+                                   else self._forward(model)):
+                if index == 0 and kept is not None:
+                    kept_bytes += tensor_bytes(outputs)
+                    if kept_bytes <= self.replay_budget_bytes:
+                        kept.append((batch, outputs))
+                    else:  # too large to keep: the later passes run the model again
+                        kept = None
                 self.process(batch, outputs)
                 if progress is not None:
                     progress.update(len(outputs))
         return self.evaluate()
+
+    @staticmethod
+    def _replay(kept: list[tuple[Any, Sequence[Any]]], last: bool) -> Iterable[tuple[Any, Sequence[Any]]]:
+        """The kept ``(batch, outputs)`` in order; in the last pass each is released once it has been read."""
+        if not last:
+            yield from kept
+            return
+        kept.reverse()
+        while kept:
+            yield kept.pop()
+
+    def _forward(self, model: 'MultimodalModel') -> Iterable[tuple[Any, Sequence[Any]]]:
+        for batch in self.batches(model):
+            with torch.no_grad():
+                yield batch, self.run_batch(model, batch)
 
     # ------------------------------------------------------------------ outputs
     def write_csv(self, records: list[dict[str, Any]], path: str | os.PathLike) -> None:

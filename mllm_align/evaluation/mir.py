@@ -1,11 +1,13 @@
 """MIR (Modality Integration Rate) as a runner evaluator: ``mir.json``, ``mir.csv``, two PNGs.
 
-Per checkpoint, :class:`MIREvaluator` runs the probe through the model twice
+Per checkpoint, :class:`MIREvaluator` reads the probe's hidden states twice
 (:func:`~mllm_align.models.hidden_states.probe_batches` →
 :func:`~mllm_align.models.hidden_states.batch_modality_hidden_states`): ``process`` feeds each pair's
-vision/text rows into a :class:`~mllm_align.metrics.mir.MIRAccumulator` (memory flat in N; the second
-pass exists because Eq. M2 flags outlier rows against statistics of all rows), ``compute_metrics``
-finalises it: MIR = log10 Σ_k D_k and the per-layer D_k, α_k and row counts (``metrics/mir.py``).
+vision/text rows into a :class:`~mllm_align.metrics.mir.MIRAccumulator` (state flat in N; the second
+pass exists because Eq. M2 flags outlier rows against statistics of all rows). The second pass replays the
+first pass's rows when they fit in ``replay_budget_bytes`` (``tools/eval_mir.py --replay-mb``, default 1 GiB:
+a small model or probe), and runs the model again otherwise (a 7B model at N = 100 holds tens of GB).
+``compute_metrics`` finalises it: MIR = log10 Σ_k D_k and the per-layer D_k, α_k and row counts (``metrics/mir.py``).
 """
 from __future__ import annotations
 

@@ -29,11 +29,12 @@ model dtype, since HF returns them all; ``logits_to_keep=1`` avoids the ``[L, V]
 only the chosen layers' rows are kept until the consumer moves on. :func:`compute_model_mir` feeds
 them to :class:`~mllm_align.metrics.mir.MIRAccumulator`, whose state does not grow with N except
 for one float64 norm per row. The accumulator needs two passes over the data (Eq. M2 flags rows
-against statistics of *all* rows), so the probe is run through the model twice: 2N forward passes.
-Caching the pass-1 hidden states on disk instead would cost N·K·L·D values (≈40 GB in bf16 for
-LLaVA-1.5-7B at N=100, K=32, L≈1.5k), written once and read once, which takes longer than the
-second pass on a GPU and needs the disk; so the forward pass is repeated. Both passes must see the
-same hidden states: the model is put in eval mode (no dropout) and restored afterwards.
+against statistics of *all* rows). The evaluator (``evaluation/mir.py``) keeps the pass-1 rows in memory
+for the second pass while they fit its budget (1 GiB by default: the demo's SmolLM2 probe holds ~0.4 GB) and
+otherwise runs the probe through the model again: 2N forward passes. Caching them on disk instead would cost
+N·K·L·D values (≈40 GB in bf16 for LLaVA-1.5-7B at N=100, K=32, L≈1.5k), written once and read once, which
+takes longer than the second pass on a GPU and needs the disk. Both passes must see the same hidden
+states: the model is put in eval mode (no dropout) and restored afterwards.
 
 Models: any :class:`~mllm_align.models.base.MultimodalModel` (``prepare_inputs``, ``run_llm``,
 ``llm_config``, ``tokenizer``, ``template``): :class:`~mllm_align.models.llava.LLaVAModel` (LoRA and

@@ -105,6 +105,23 @@ def test_single_checkpoint_layers_and_swap_equals_fresh_build(run_dir, tmp_path)
     assert not (tmp_path / 'a' / 'mir_curve.png').exists()
 
 
+def test_second_pass_replayed_or_recomputed_gives_the_same_mir(run_dir, tmp_path, monkeypatch):
+    """The first pass's rows kept in memory (default) or the model run again (replay_mb=0): same numbers, and
+    the model runs once per pair instead of twice."""
+    from mllm_align.evaluation.mir import MIREvaluator
+    calls = []
+    original = MIREvaluator.run_batch
+    monkeypatch.setattr(MIREvaluator, 'run_batch', lambda self, model, batch: calls.append(1) or original(
+        self, model, batch))
+    kept = evaluate_mir(run_dir / 'iter_4.pth', CONFIG, out_dir=tmp_path / 'kept', plots=False, **FAST)
+    assert len(calls) == 4  # eval_num pairs, batch 1: one forward each
+    rerun = evaluate_mir(run_dir / 'iter_4.pth', CONFIG, out_dir=tmp_path / 'rerun', plots=False, replay_mb=0, **FAST)
+    assert len(calls) == 4 + 8
+    assert rerun[0]['per_layer'] == kept[0]['per_layer'] and rerun[0]['mir'] == kept[0]['mir']
+    with pytest.raises(ValueError, match='replay_mb must be >= 0'):
+        evaluate_mir(run_dir / 'iter_4.pth', CONFIG, out_dir=tmp_path / 'bad', replay_mb=-1, **FAST)
+
+
 def test_bad_inputs_name_their_cause(run_dir, tmp_path, tiny_assets):
     with pytest.raises(ValueError, match=r'layer\(s\) \[7\] out of range; the LLM has 2 decoder layers'):
         evaluate_mir(run_dir, CONFIG, out_dir=tmp_path / 'o1', layers='1,7', **FAST)

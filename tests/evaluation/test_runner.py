@@ -139,6 +139,36 @@ def test_series_scored_by_hand_then_skipped(work, tmp_path, capsys):
     assert [r['mean_output'] for r in redone] == [pytest.approx(5.0), pytest.approx(1.0)]
 
 
+class TensorToyEvaluator(ToyEvaluator):
+    """The toy evaluator whose outputs are tensors (4 bytes each), counting the model's forward passes."""
+
+    def __init__(self, passes: int, budget: int) -> None:
+        super().__init__(passes=passes)
+        self.replay_budget_bytes = budget
+        self.forwards = 0
+
+    def run_batch(self, model: MultimodalModel, data_batch: torch.Tensor) -> list[torch.Tensor]:
+        self.forwards += 1
+        return list(model.w(data_batch)[:, 0] * self.factor)
+
+    def process(self, data_batch: Any, outputs: list[torch.Tensor]) -> None:
+        self.results.extend(float(o) for o in outputs)
+
+
+@pytest.mark.parametrize('passes, budget, forwards', [
+    (3, 1 << 20, 2),  # both samples kept after pass 0: the later passes replay them
+    (3, 4, 6),  # room for one output only: dropped, every pass runs the model (2 samples × 3 passes)
+    (3, 0, 6),  # replay off
+    (1, 1 << 20, 2),  # one pass: nothing to replay
+])
+def test_later_passes_replay_the_first_within_the_budget(work, tmp_path, passes, budget, forwards):
+    ev = TensorToyEvaluator(passes, budget)
+    records = evaluate_checkpoints(work / 'iter_1.pth', ev, build_model=Builds(), out_dir=tmp_path / 'o',
+                                   progress=False, model_settings=dict(config='toy.py'))['toy']
+    assert ev.forwards == forwards and ev.passes_seen == list(range(passes))
+    assert records[0]['mean_output'] == pytest.approx(2.5) and records[0]['num_outputs'] == 2 * passes
+
+
 def test_a_given_model_is_used_and_its_mode_restored(work, tmp_path):
     model = ToyModel().train()
     records = evaluate_checkpoints(work / 'iter_1.pth', ToyEvaluator(), model=model, out_dir=tmp_path / 'o',
