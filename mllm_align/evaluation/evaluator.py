@@ -80,7 +80,8 @@ class ModelEvaluator(ABC):
         replay_budget_bytes: with ``num_passes > 1``, the most bytes of pass-0 outputs (their tensors, on the
             device they come from) kept to replay in the later passes instead of running the model again; past
             it they are dropped and every pass runs the model. 0: never keep. The outputs of a model in eval
-            mode are the same each time, so replaying changes no number, it only saves the forward passes.
+            mode are the same each time, so replaying changes no number, it only saves the forward passes
+            (``process`` must therefore leave its ``outputs`` unmodified, as MIR's accumulator does).
         results: what :meth:`process` accumulated since the last :meth:`evaluate`.
     """
 
